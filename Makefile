@@ -1,0 +1,60 @@
+# finetune_nb: every entry point. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: install demo test test-fast test-slow lint-sync export clean-nbs readme docs bench help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+# The venv is rebuilt only when settings.ini/setup.py change. torch is pinned first so no
+# dependency can pull a CUDA build; settings.ini keeps a range for GPU users.
+$(STAMP): settings.ini setup.py
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip check
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)  ## create/update .venv (idempotent)
+
+demo: install  ## the main job end to end on the embedded tiny model
+	$(VENV)/bin/finetune-nb demo
+
+lint-sync: install  ## notebooks are clean and the library matches them
+	$(VENV)/bin/nbdev_clean
+	$(VENV)/bin/nbdev_export
+	$(PY) tools/make_readme.py
+	@if [ -n "$$(git status --porcelain -- nbs finetune_nb README.md)" ]; then \
+	  echo "nbdev_clean/nbdev_export/README changed files: commit cleaned notebooks + exported modules"; \
+	  git status --short -- nbs finetune_nb README.md; git --no-pager diff --stat -- nbs finetune_nb README.md; exit 1; fi
+
+test-fast: install  ## notebook cells (fast, offline, CPU)
+	$(VENV)/bin/nbdev_test --n_workers 2
+
+test: lint-sync test-fast  ## everything CI runs
+	$(VENV)/bin/python -m pytest tests -q -m "not slow and not cuda"
+
+test-slow: install  ## the slow and GPU checks, on demand
+	$(VENV)/bin/nbdev_test --flags slow
+	$(VENV)/bin/python -m pytest tests -q -m "slow"
+
+export: install  ## clean notebooks, export the library, regenerate README
+	$(VENV)/bin/nbdev_clean
+	$(VENV)/bin/nbdev_export
+	$(PY) tools/make_readme.py
+
+readme: install
+	$(PY) tools/make_readme.py
+
+docs: install  ## build the docs site into site/
+	$(PY) tools/build_docs.py
+
+bench: install  ## run every benchmark
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
