@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install demo test test-fast test-slow lint-sync export clean-nbs readme docs bench help
+.PHONY: install demo test test-fast test-slow lint-sync export clean-nbs readme docs browser bench help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -38,7 +38,13 @@ lint-sync: install  ## notebooks are clean and the library matches them
 test-fast: install  ## notebook cells (fast, offline, CPU)
 	$(VENV)/bin/nbdev_test --n_workers 2
 
-test: lint-sync test-fast  ## everything CI runs
+# Headless Chromium for the docs-site test (tests/test_docs.py); installed once, skipped if any Chrome is present.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:  ## headless Chromium for the docs test (idempotent)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || \
+	  { $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }; }
+
+test: lint-sync test-fast browser  ## everything CI runs
 	$(VENV)/bin/python -m pytest tests -q -m "not slow and not cuda"
 
 test-slow: install  ## the slow and GPU checks, on demand

@@ -1,0 +1,230 @@
+"Local trainer: label masks, EOS, padding-free batches, stop + resume, QLoRA on CPU, merge, multi-process (real models, toy sizes)."
+import json, os, subprocess, sys, threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune_nb.core import ConfigError, DataError, TrainingError
+from finetune_nb.lora import (ChatCollator, LocalFineTuner, LoRAConfig, TrainingConfig, ensure_pad_token,
+                              tokenize_conversation, tokenize_dataset)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONVO = [{"role": "system", "content": "be brief"},
+         {"role": "user", "content": "classify: the red cat"}, {"role": "assistant", "content": '{"label": "animal"}'},
+         {"role": "user", "content": "and the blue car?"}, {"role": "assistant", "content": '{"label": "vehicle"}'}]
+
+def _tok(d):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(d)
+
+def _trained_text(tok, f)->str:
+    return tok.decode([t for t, l in zip(f["input_ids"], f["labels"]) if l != -100])
+
+def _cfg(**kw)->TrainingConfig:
+    base = dict(batch_size=8, grad_accum=1, lr=1e-2, logging_steps=1, progress=False, save_steps=None)
+    return TrainingConfig(**{**base, **kw})
+
+def _logits(model, tok, text="<|bos|><|user|>\nclassify: the red cat\n<|assistant|>\n"):
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad(): return model(**enc).logits
+
+# --- formatting ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["markers", "plain"])
+def test_label_mask_is_exactly_assistant_tokens_plus_eos(which, toy_model_dir, toy_model_plain_dir):
+    tok = _tok(toy_model_dir if which == "markers" else toy_model_plain_dir)
+    f = tokenize_conversation(tok, CONVO, max_length=512)
+    assert f["input_ids"] == tok.apply_chat_template([{k: m[k] for k in ("role", "content")} for m in CONVO], tokenize=True, return_dict=True)["input_ids"]
+    eos = tok.eos_token_id
+    # rebuild the expected mask independently: the tokens of each answer + the EOS right after it
+    expected = [-100] * len(f["input_ids"])
+    for ans in ('{"label": "animal"}', '{"label": "vehicle"}'):
+        a = tok(ans, add_special_tokens=False)["input_ids"] + [eos]
+        ids = f["input_ids"]
+        i = next(i for i in range(len(ids)) if ids[i:i+len(a)] == a)
+        expected[i:i+len(a)] = a
+    assert f["labels"] == expected
+    assert _trained_text(tok, f) == '{"label": "animal"}<|eos|>{"label": "vehicle"}<|eos|>'
+    assert f["attention_mask"] == [1] * len(f["input_ids"])
+
+def test_weight_zero_turn_is_context_only(toy_model_dir):
+    tok = _tok(toy_model_dir)
+    msgs = [dict(m) for m in CONVO]; msgs[2]["weight"] = 0; msgs[4]["weight"] = 1
+    f = tokenize_conversation(tok, msgs)
+    assert _trained_text(tok, f) == '{"label": "vehicle"}<|eos|>'
+    assert f["input_ids"] == tokenize_conversation(tok, CONVO)["input_ids"]   # still in the context
+
+def test_data_objects_accepted(toy_model_dir):
+    from finetune_nb.data import Conversation
+    tok = _tok(toy_model_dir)
+    assert tokenize_conversation(tok, Conversation.from_dict({"messages": CONVO})) == tokenize_conversation(tok, CONVO)
+
+def test_truncated_and_untrainable_examples_reported(toy_model_dir, caplog):
+    tok = _tok(toy_model_dir)
+    long = [{"role": "user", "content": "classify: " + "the red cat " * 40}, CONVO[2]]
+    w0 = [CONVO[1], {**CONVO[2], "weight": 0}]
+    ds, rep = tokenize_dataset(tok, [{"messages": CONVO}, {"messages": long}, {"messages": w0}], max_length=64)
+    assert (len(ds), rep["kept"], rep["truncated"], rep["no_target"]) == (1, 1, [1], [2])
+    assert "max_length=64" in caplog.text
+    with pytest.raises(DataError, match="trainable"): tokenize_dataset(tok, [{"messages": w0}])
+
+def test_batch_without_trainable_token_is_an_error():
+    f = {"input_ids": [1, 5, 6], "attention_mask": [1, 1, 1], "labels": [-100, -100, -100]}
+    for pf in (False, True):
+        with pytest.raises(TrainingError, match="no trainable token"): ChatCollator(0, padding_free=pf)([f, f])
+
+def test_pad_token_distinct_from_eos(toy_model_dir):
+    from transformers import AutoModelForCausalLM
+    tok, model = _tok(toy_model_dir), AutoModelForCausalLM.from_pretrained(toy_model_dir)
+    assert ensure_pad_token(tok, model) is False and tok.pad_token == "<|pad|>"   # already fine: untouched
+    tok.pad_token = tok.eos_token                                                  # the classic mistake
+    assert ensure_pad_token(tok, model) is False and tok.pad_token == "<|pad|>"    # the existing pad token is reused
+    # a tokenizer with no pad token at all gets a new one, and the model's embeddings grow to match
+    from tokenizers import Tokenizer, models, trainers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, LlamaConfig, LlamaForCausalLM
+    tk = Tokenizer(models.BPE()); tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.train_from_iterator(["hello world"], trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bare = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>"); n = len(bare)
+    m2 = LlamaForCausalLM(LlamaConfig(vocab_size=n, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    assert ensure_pad_token(bare, m2) is True
+    assert bare.pad_token_id not in (None, bare.eos_token_id) and len(bare) == n + 1
+    assert m2.get_input_embeddings().weight.shape[0] == n + 1 and m2.config.pad_token_id == bare.pad_token_id
+    # the EOS label survives padding
+    f = tokenize_conversation(tok, CONVO)
+    b = ChatCollator(tok.pad_token_id)([f, tokenize_conversation(tok, CONVO[:3])])
+    assert (b["labels"] == tok.eos_token_id).sum().item() == 3
+
+def test_fp16_on_cpu_is_a_clear_config_error(toy_model_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        LocalFineTuner(toy_model_dir, training_config=TrainingConfig(precision="fp16"))
+    assert "CPU" in str(e.value) and "fp32" in str(e.value)
+    assert TrainingConfig(precision="bf16").resolve_precision("cpu") == "bf16"
+    with pytest.raises(ConfigError, match="method"): TrainingConfig(method="full", load_in_4bit=True)
+
+def test_padding_free_matches_padded_loss(toy_model_dir, toy_task):
+    from transformers import AutoModelForCausalLM
+    tok = _tok(toy_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(toy_model_dir); model.config.use_cache = False
+    feats = [tokenize_conversation(tok, r) for r in toy_task[0][:6]] + [tokenize_conversation(tok, CONVO)]
+    padded, flat = ChatCollator(tok.pad_token_id)(feats), ChatCollator(tok.pad_token_id, padding_free=True)(feats)
+    assert flat["input_ids"].shape[0] == 1 and (flat["input_ids"] != tok.pad_token_id).all()
+    assert (padded["input_ids"] == tok.pad_token_id).any()
+    with torch.no_grad():
+        assert model(**padded).loss.item() == pytest.approx(model(**flat).loss.item(), abs=1e-5)
+
+# --- training --------------------------------------------------------------------------------------------------
+
+def test_full_finetune_learns_to_stop(toy_model_dir, toy_task, tmp_path):
+    train, test = toy_task
+    seen = []
+    ft = LocalFineTuner(toy_model_dir, training_config=_cfg(method="full", epochs=14, lr=3e-3, packing=True, logging_steps=5),
+                        output_dir=tmp_path)
+    res = ft.train(train, eval_data=test, callbacks=[seen.append])
+    assert res.method == "full" and res.steps == 14 * 7 and res.eval_loss is not None and res.eval_loss < 1.0
+    assert seen == [h for h in res.loss_history]
+    assert {"step", "epoch", "loss", "learning_rate"} <= set(res.loss_history[0])
+    assert res.train_tokens == res.data_report["tokens"] * 14
+    assert Path(res.adapter_dir, "model.safetensors").exists()
+    gens = ft.generate([r["messages"][:-1] for r in test], max_new_tokens=40)
+    for g in gens:   # EOS well before max_new_tokens on every held-out prompt
+        assert g.finish_reason == "stop" and g.completion_tokens < 20, g
+        assert set(json.loads(g.text)) == {"label"}
+
+def test_stop_event_then_resume_matches_uninterrupted(toy_model_dir, toy_task, tmp_path):
+    train = toy_task[0]
+    cfg = dict(max_steps=8, lr=5e-3, logging_steps=1)
+    full = LocalFineTuner(toy_model_dir, LoRAConfig(target_modules="all-linear"), _cfg(**cfg), output_dir=tmp_path/"a").train(train)
+    assert full.steps == 8 and not full.stopped
+
+    stop = threading.Event()
+    stop_at_3 = lambda rec: rec["step"] >= 3 and stop.set()
+    first = LocalFineTuner(toy_model_dir, LoRAConfig(target_modules="all-linear"), _cfg(**cfg), output_dir=tmp_path/"b")
+    part = first.train(train, callbacks=[stop_at_3], stop_event=stop)
+    assert part.stopped and part.steps < 8 and part.checkpoint and Path(part.checkpoint, "optimizer.pt").exists()
+    assert Path(part.checkpoint, "adapter_model.safetensors").exists() and Path(part.checkpoint, "scheduler.pt").exists()
+
+    again = LocalFineTuner(toy_model_dir, LoRAConfig(target_modules="all-linear"), _cfg(**cfg), output_dir=tmp_path/"b")
+    res = again.train(train, resume_from_checkpoint=True)
+    assert res.steps == 8 and not res.stopped
+    assert res.final_loss == pytest.approx(full.final_loss, rel=1e-4)
+    tail = lambda r: [round(h["loss"], 4) for h in r.loss_history if "loss" in h and h["step"] > part.steps]
+    assert tail(res) == tail(full)
+    assert full.final_loss < full.loss_history[0]["loss"]
+
+def test_qlora_on_cpu(toy_model_dir, toy_task, tmp_path):
+    import bitsandbytes as bnb
+    train = toy_task[0]
+    lc = LoRAConfig(r=8, target_modules="all-linear")
+    ft = LocalFineTuner(toy_model_dir, lc, _cfg(method="qlora", max_steps=15), output_dir=tmp_path)
+    res = ft.train(train)
+    assert res.method == "qlora" and any(isinstance(m, bnb.nn.Linear4bit) for m in ft.model.modules())
+    losses = [h["loss"] for h in res.loss_history]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1
+    assert Path(res.adapter_dir, "adapter_model.safetensors").exists()
+    before = _logits(ft.model, ft.tokenizer)
+    again = LocalFineTuner(toy_model_dir, lc, _cfg(method="qlora")).load_adapter(res.adapter_dir)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in again.model.modules())
+    assert torch.equal(_logits(again.model, again.tokenizer), before)
+    q = [[{"role": "user", "content": "classify: the red cat"}]]
+    assert again.generate(q, max_new_tokens=8)[0].text == ft.generate(q, max_new_tokens=8)[0].text
+
+def test_merge_equals_base_plus_adapter(toy_model_dir, toy_task, tmp_path):
+    from transformers import AutoModelForCausalLM
+    ft = LocalFineTuner(toy_model_dir, LoRAConfig(target_modules="all-linear"), _cfg(max_steps=5), output_dir=tmp_path/"run")
+    ft.train(toy_task[0])
+    d = ft.merge_and_save(tmp_path/"merged")
+    assert not (d/"adapter_config.json").exists() and (d/"model.safetensors").exists()
+    merged = AutoModelForCausalLM.from_pretrained(d)
+    assert not hasattr(merged, "peft_config") and merged.config.pad_token_id == ft.tokenizer.pad_token_id
+    with_adapter, base = _logits(ft.model, ft.tokenizer), _logits(AutoModelForCausalLM.from_pretrained(toy_model_dir), ft.tokenizer)
+    assert not torch.allclose(with_adapter, base, atol=1e-3)          # the adapter does something
+    assert torch.allclose(_logits(merged, ft.tokenizer), with_adapter, atol=1e-5)
+
+def test_accelerate_launch_two_cpu_processes(toy_model_dir, tmp_path):
+    script = tmp_path/"train_ddp.py"
+    script.write_text(f"""
+import json, os, sys
+sys.path.insert(0, {str(ROOT/'tests')!r})
+import torch.distributed as dist
+from fixtures_lora import toy_split
+from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
+ft = LocalFineTuner({toy_model_dir!r}, LoRAConfig(target_modules="all-linear"),
+                    TrainingConfig(max_steps=3, batch_size=4, grad_accum=1, lr=1e-2, logging_steps=1, progress=False, save_steps=None),
+                    output_dir={str(tmp_path/'out')!r})
+res = ft.train(toy_split()[0])
+info = dict(rank=dist.get_rank(), world=dist.get_world_size(), backend=dist.get_backend(), steps=res.steps,
+            loss=res.final_loss, tokens=res.train_tokens)
+json.dump(info, open(os.path.join({str(tmp_path)!r}, f"rank{{info['rank']}}.json"), "w"))
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    infos = [json.loads((tmp_path/f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["world"] for i in infos] == [2, 2] and infos[0]["backend"] == "gloo"
+    assert infos[0]["steps"] == infos[1]["steps"] == 3 and infos[0]["loss"] == pytest.approx(infos[1]["loss"])
+    assert Path(tmp_path/"out"/"adapter"/"adapter_model.safetensors").exists()
+
+def test_gpu_qlora_bench_runs_tiny_on_cpu():
+    p = subprocess.run([sys.executable, str(ROOT/"bench"/"gpu_qlora.py"), "--tiny"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    last = dict(kv.split("=") for kv in p.stdout.strip().splitlines()[-1].split())
+    assert {"tok_s", "peak_mem_gb", "mfu", "params_m", "device"} <= set(last)
+    assert float(last["tok_s"]) > 0 and last["device"] == "cpu"
+
+# --- the real tiny model (when finetune_nb.tiny is there) -------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_model_demo_finetune_stops(tmp_path):
+    pytest.importorskip("finetune_nb.tiny")
+    from finetune_nb.demo import make_demo_data
+    train, test = make_demo_data(n_train=400, n_test=16, seed=0)
+    ft = LocalFineTuner("finetune-nb/tiny", training_config=TrainingConfig(method="full", epochs=1, batch_size=16, grad_accum=1,
+                        lr=1e-3, progress=False, packing=True), output_dir=tmp_path)
+    ft.train(train)
+    gens = ft.generate([r["messages"][:-1] for r in test], max_new_tokens=64)
+    assert all(g.finish_reason == "stop" and g.completion_tokens < 64 for g in gens)
