@@ -6,7 +6,7 @@ The fake (tests/fake_openai.py) runs in a separate process so the server's CPU w
 client's GIL. Both runs use the same `DataAugmenter` and the real openai SDK over HTTP; only `concurrency`
 differs (1 = one request at a time). Last line: `speedup=S concurrency=C`.
 """
-import argparse, asyncio, subprocess, sys, time
+import argparse, asyncio, os, subprocess, sys, time
 from pathlib import Path
 
 import openai
@@ -21,6 +21,12 @@ def examples(n):
     return [{"messages": [{"role": "system", "content": "Classify the support ticket as JSON."},
                           {"role": "user", "content": f"Ticket {i}: I was charged twice for order #{1000+i}."},
                           {"role": "assistant", "content": '{"category": "billing", "priority": "high"}'}]} for i in range(n)]
+
+
+def proc_cpu(pid):
+    "CPU seconds (user+system) used so far by process `pid` (Linux /proc)."
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(base_url, data, concurrency, variations):
@@ -50,14 +56,18 @@ def main():
         timed(base_url, data[:4], 4, a.variations)              # warm up connections and imports
         rows = []
         for c in (1, a.concurrency):
+            cpu0, srv0 = time.process_time(), proc_cpu(proc.pid)
             secs, res = timed(base_url, data, c, a.variations)
+            cpu, srv = time.process_time() - cpu0, proc_cpu(proc.pid) - srv0
             assert res.ok and len(res.records) == a.n * a.variations, res
-            rows.append((c, res.requests, secs))
+            rows.append((c, res.requests, secs, cpu, srv))
     finally:
         proc.terminate(); proc.wait(10)
     print(f"DataAugmenter against a loopback fake, {a.latency*1000:.0f} ms latency per request, {a.n} examples x {a.variations} variations")
-    print(f"{'mode':<12}{'concurrency':>12}{'requests':>10}{'seconds':>10}{'req/s':>9}")
-    for c, n, s in rows: print(f"{'sequential' if c == 1 else 'concurrent':<12}{c:>12}{n:>10}{s:>10.2f}{n/s:>9.1f}")
+    print(f"{'mode':<12}{'concurrency':>12}{'requests':>10}{'seconds':>10}{'req/s':>9}{'client cpu ms/req':>19}{'server cpu ms/req':>19}")
+    for c, n, s, cpu, srv in rows:
+        print(f"{'sequential' if c == 1 else 'concurrent':<12}{c:>12}{n:>10}{s:>10.2f}{n/s:>9.1f}{cpu/n*1000:>19.1f}{srv/n*1000:>19.1f}")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (other processes compete for the same cores)")
     speedup = rows[0][2] / rows[1][2]
     print(f"ideal speedup {min(a.concurrency, a.n):.0f}x; measured {speedup:.1f}x")
     print(f"speedup={speedup:.1f} concurrency={a.concurrency}")

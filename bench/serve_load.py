@@ -54,13 +54,19 @@ async def load(base_url:str, model:str, prompts:list, n:int, concurrency:int, ma
                 tokens += r.usage.completion_tokens; lat.append(time.perf_counter() - t0)
             except Exception as e:
                 errors += 1; print("error:", type(e).__name__, str(e)[:200], file=sys.stderr)
+    import httpx
+    metrics = lambda: {l.split()[0]: float(l.split()[1]) for l in httpx.get(base_url[:-3] + "/metrics").text.splitlines() if l.split()[0] in ("finetune_nb_batches", "finetune_nb_batched_requests")}
+    m0 = metrics()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     wall = time.perf_counter() - t0
+    m1 = metrics()
     await client.close()
+    nb = m1["finetune_nb_batches"] - m0["finetune_nb_batches"]
+    avg_batch = (m1["finetune_nb_batched_requests"] - m0["finetune_nb_batched_requests"]) / nb if nb else float("nan")
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
-    return {"n": n, "errors": errors, "wall_s": wall, "rps": (n - errors) / wall, "p50_ms": q(0.5), "p99_ms": q(0.99), "tok_s": tokens / wall}
+    return {"n": n, "errors": errors, "wall_s": wall, "avg_batch": avg_batch, "rps": (n - errors) / wall, "p50_ms": q(0.5), "p99_ms": q(0.99), "tok_s": tokens / wall}
 
 
 def main():
@@ -82,8 +88,8 @@ def main():
     b, s = rows["batched (max_batch=32)"], rows["one at a time (max_batch=1)"]
     gain = b["rps"] / s["rps"] if s["rps"] else float("nan")
     print(f"\nServer load: model={model!r}, concurrency={a.concurrency}, max_tokens={a.max_tokens}, loopback, openai SDK")
-    print(f"{'mode':<30}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'gen tok/s':>10}")
-    for k, r in rows.items(): print(f"{k:<30}{r['n']:>9}{r['errors']:>7}{r['rps']:>8.2f}{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}{r['tok_s']:>10.1f}")
+    print(f"{'mode':<30}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'gen tok/s':>10}{'avg batch':>10}")
+    for k, r in rows.items(): print(f"{k:<30}{r['n']:>9}{r['errors']:>7}{r['rps']:>8.2f}{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}{r['tok_s']:>10.1f}{r['avg_batch']:>10.1f}")
     print(f"batching gain (req/s batched / one at a time): {gain:.2f}x\n")
     print(f"rps={b['rps']:.2f} p50_ms={b['p50_ms']:.0f} p99_ms={b['p99_ms']:.0f} errors={b['errors'] + s['errors']} batching_gain={gain:.2f}")
 

@@ -4,15 +4,16 @@
 
 # %% ../nbs/09_cli.ipynb #0d7e28d7
 from __future__ import annotations
-import argparse, inspect, sys, typing
+import argparse, inspect, json, os, sys, typing
 from pathlib import Path
 from typing import Literal
 from fastcore.docments import docments
 from .core import FinetuneNBError, ConfigError, DataError, get_config
 
 # %% auto #0
-__all__ = ['COMMANDS', 'FORMAT', 'command', 'make_parser', 'UsageError', 'main', 'run_cli', 'preflight_report', 'validate',
-           'stats', 'convert', 'split', 'demo', 'serve']
+__all__ = ['COMMANDS', 'FORMAT', 'METHOD', 'PIPELINES_DIR', 'PIPELINES', 'command', 'make_parser', 'UsageError', 'main',
+           'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split', 'train', 'eval_', 'migrate',
+           'env_info', 'parse_param', 'pipeline_path', 'run_pipeline', 'headline_lines', 'run', 'demo', 'serve']
 
 # %% ../nbs/09_cli.ipynb #1d6c54a9
 COMMANDS:dict = {}  # name -> (function, extra argparse kwargs per parameter)
@@ -212,7 +213,179 @@ def split(
     else: print(f"train: {len(tr)} → {ptr}\nval:   {len(va)} → {pva}")
     return 0
 
+# %% ../nbs/09_cli.ipynb #fd58c135
+METHOD = Literal["lora", "qlora", "full"]
+
+@command()
+def train(
+    file:str,                          # training data (any supported format)
+    base_model:str="finetune-nb/tiny", # model directory, cached hub name, or the embedded tiny model
+    val_file:str|None=None,            # validation data for the eval loss
+    method:METHOD="lora",              # LoRA, 4-bit QLoRA, or all parameters
+    output_dir:str|None=None,          # run folder (default: <data dir>/runs/local-<time>)
+    epochs:float=3,                    # passes over the data
+    max_steps:int|None=None,           # stop after this many optimizer steps (overrides --epochs)
+    lr:float=2e-4,                     # peak learning rate
+    batch_size:int=4,                  # examples per micro-batch
+    grad_accum:int=4,                  # micro-batches per optimizer step
+    max_length:int=512,                # tokens per example
+    lora_r:int=8,                      # adapter rank
+    lora_alpha:int=16,                 # adapter scaling numerator
+    target_modules:str="all-linear",   # modules that get adapters (comma-separated names, or all-linear)
+    seed:int=42,                       # model init and data order
+    resume:bool=False,                 # resume from the newest checkpoint in --output-dir
+    json:bool=False,                   # print the result as JSON
+)->int:
+    "Fine-tune a local model on a data file; saves the adapter (or model) and prints the losses."
+    from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
+    src, val = _need_file(file), (_need_file(val_file) if val_file else None)
+    tm = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",") if t.strip()]
+    ft = LocalFineTuner(base_model, LoRAConfig(r=lora_r, alpha=lora_alpha, target_modules=tm),
+                        TrainingConfig(method=method, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+                                       grad_accum=grad_accum, max_length=max_length, seed=seed),
+                        output_dir=output_dir)
+    res = ft.train(src, eval_data=val, resume_from_checkpoint=True if resume else None)
+    if json:
+        import json as _json
+        print(_json.dumps(res.to_dict(), default=str))
+    else: print(f"{res.steps} steps in {res.seconds:.0f}s: final loss {res.final_loss}, eval loss {res.eval_loss}\nsaved: {res.adapter_dir}")
+    return 0
+
+@command()
+def eval_(
+    file:str,                          # held-out data (chat records; the last assistant reply is the reference)
+    base_model:str="finetune-nb/tiny", # the base model (local), or an API model name with --base-url
+    adapter:str|None=None,             # the fine-tuned adapter directory (local)
+    fine_tuned_model:str|None=None,    # the fine-tuned model's name (with --base-url), e.g. "ft:gpt-4o-mini:..."
+    base_url:str|None=None,            # evaluate through an OpenAI-compatible API instead of loading models here
+    out_dir:str="eval-report",         # where report.md, metrics.json and the plots go
+    limit:int|None=None,               # evaluate only the first N examples
+    max_tokens:int=64,                 # reply length cap
+    json_metrics:bool|None=None,       # add JSON validity and per-field accuracy (default: when every reference is a JSON object)
+)->int:
+    "Compare a base and a fine-tuned model on held-out data; write the report and print the headline numbers."
+    from finetune_nb.evaluate import FineTuneEvaluator, JSON_METRICS, DEFAULT_METRICS, write_report, to_examples, parse_json
+    src = _need_file(file)
+    if not json_metrics: json_metrics = all(isinstance(parse_json(e.expected)[1], dict) for e in to_examples(src)[:limit])
+    if base_url:
+        if not fine_tuned_model: raise UsageError("--base-url needs --fine-tuned-model")
+        from finetune_nb.core import make_client
+        bc = fc = make_client(base_url); bm, fm = base_model, fine_tuned_model
+    else:
+        if not adapter: raise UsageError("pass --adapter (a local fine-tune) or --base-url with --fine-tuned-model")
+        from finetune_nb.infer import LocalChatClient
+        bc, fc, bm, fm = LocalChatClient(base_model), LocalChatClient(base_model, adapter=adapter), "base", "fine-tuned"
+    ev = FineTuneEvaluator(bc, fc, bm, fm, metrics=JSON_METRICS if json_metrics else DEFAULT_METRICS, max_tokens=max_tokens,
+                           concurrency=1 if not base_url else 8, progress=False)
+    results = ev.evaluate_dataset(src, limit=limit)
+    summary = ev.summary()
+    files = write_report(summary, out_dir, results=results)
+    print(f"report: {files['report']}")
+    for k, b in [*summary["metrics"].items(), ("overall", summary["overall"])]:
+        if "." not in k: print(f"  {k:22s} base {b['base']['mean']:.3f}  →  fine-tuned {b['fine_tuned']['mean']:.3f}")
+    return 0
+
+@command()
+def migrate(
+    job_id:str,                        # the OpenAI fine-tuning job to migrate, "ftjob-..."
+    target:str="finetune-nb/tiny",     # the local base model
+    base_url:str|None=None,            # the source API (default: OpenAI)
+    folder:str|None=None,              # migration folder (resumable)
+)->int:
+    "Move an OpenAI fine-tune to a local model: fetch its data, train, evaluate both, report a verdict."
+    from finetune_nb.migrate import migrate as _migrate
+    from finetune_nb.openai_ft import OpenAIFineTuner
+    kw = {"folder": folder} if folder else {}
+    r = _migrate(job_id, OpenAIFineTuner(base_url=base_url), target, **kw)
+    print(f"verdict: {r.verdict} ({r.local_model} vs {r.source_model})\nreport: {r.report}")
+    return 0
+
 # %% ../nbs/09_cli.ipynb #21c33567
+PIPELINES_DIR = Path(__file__).resolve().parent.parent/"nbs"/"pipelines" if "__file__" in globals() else Path("pipelines").resolve()
+PIPELINES = {"local": "finetune_local.ipynb", "openai": "finetune_openai.ipynb"}
+
+def env_info()->dict:
+    "Python, platform, device and package versions: what a run needs to be reproduced."
+    import platform, importlib.metadata as md
+    vers = {}
+    for pkg in ("finetune_nb", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "openai", "papermill"):
+        try: vers[pkg] = md.version(pkg)
+        except md.PackageNotFoundError: vers[pkg] = None
+    dev = "cpu"
+    try:
+        import torch
+        if torch.cuda.is_available(): dev = f"cuda ({torch.cuda.get_device_name(0)})"
+    except ImportError: pass
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "device": dev, "packages": vers}
+
+def parse_param(
+    value:str, # a command-line value
+):
+    "JSON when it parses (numbers, true/false/null, lists), Python's True/False/None, else the text itself."
+    if value in ("None", "True", "False"): return {"None": None, "True": True, "False": False}[value]
+    try: return json.loads(value)
+    except ValueError: return value
+
+def pipeline_path(
+    pipeline:str, # "local", "openai", or a notebook path
+)->Path:
+    "The notebook for a pipeline name or path."
+    p = PIPELINES_DIR/PIPELINES[pipeline] if pipeline in PIPELINES else Path(pipeline)
+    if not p.is_file(): raise UsageError(f"no pipeline {pipeline!r} ({p} not found)", hint=f"use one of {', '.join(PIPELINES)} or a notebook path")
+    return p
+
+def run_pipeline(
+    pipeline:str,              # "local", "openai", or a notebook path
+    params:dict|None=None,     # notebook parameters (the `parameters` cell's names)
+    name:str|None=None,        # run name (default: the pipeline name)
+    runs_dir:str|Path="runs",  # parent folder of run folders
+    log_output:bool=False,     # stream the notebook's output while it runs
+)->Path:                       # the run folder
+    "Execute a pipeline notebook with papermill into `runs_dir/name/`."
+    import papermill as pm
+    nb = pipeline_path(pipeline)
+    name = name or (params or {}).get("name") or nb.stem.replace("finetune_", "")
+    run_dir = Path(runs_dir).resolve()/name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ps = {**(params or {}), "name": name, "runs_dir": str(Path(runs_dir).resolve())}
+    out = run_dir/nb.name
+    try: pm.execute_notebook(str(nb), str(out), parameters=ps, kernel_name="python3", progress_bar=False,
+                             log_output=log_output, cwd=str(Path.cwd()))
+    except pm.PapermillExecutionError as e:
+        raise FinetuneNBError(f"pipeline {nb.name} failed in cell {e.exec_count}: {e.ename}: {' '.join(str(e.evalue).split())[:300]}",
+                              hint=f"open {out} to see the failing cell") from None
+    return run_dir
+
+def headline_lines(
+    run_dir:Path, # a run folder
+)->list[str]:
+    "Where the report is, and the base vs fine-tuned headline numbers of a finished run."
+    m = json.loads((Path(run_dir)/"metrics.json").read_text())
+    out = [f"report:  {Path(run_dir)/'report.md'}", f"metrics: {Path(run_dir)/'metrics.json'}"]
+    out += [f"  {k:20s} base {v['base']:.3f}  →  fine-tuned {v['fine_tuned']:.3f}" for k, v in m.get("headline", {}).items()]
+    return out
+
+@command(p=dict(flags=["-p", "--param"], nargs=2, action="append", metavar=("KEY", "VALUE")))
+def run(
+    pipeline:str,              # "local", "openai", or a pipeline notebook path
+    p:list[str]|None=None,     # a notebook parameter (repeatable): -p epochs 2 -p name my-run
+    name:str|None=None,        # run name: results in <runs-dir>/<name>/ (default: the pipeline name)
+    runs_dir:str="runs",       # parent folder of run folders
+    quiet:bool=False,          # don't stream the notebook's output
+)->int:
+    "Run a papermill pipeline; print where its report is and the base vs fine-tuned numbers."
+    params = {k: parse_param(v) for k, v in (p or [])}
+    run_dir = run_pipeline(pipeline, params, name or params.get("name"), runs_dir, log_output=not quiet)
+    print("\n".join(headline_lines(run_dir)))
+    return 0
+
+# %% ../nbs/09_cli.ipynb #2a06a4ba
+def _tiny_available()->bool:
+    try: import finetune_nb.tiny  # noqa: F401
+    except ImportError: return False
+    return True
+
 @command()
 def demo(
     out_dir:str|None=None,  # where the demo data goes (default: `<data dir>/demo`)
@@ -220,8 +393,12 @@ def demo(
     n_test:int=200,         # held-out test examples
     val_frac:float=0.1,     # fraction of the training data held out for validation
     seed:int=0,             # data and split seed
+    no_train:bool=False,    # stop after the pre-flight report and the split
+    runs_dir:str="runs",    # where the pipeline run goes (`<runs-dir>/demo/`)
+    train_examples:int=400, # training examples used by the demo fine-tune (CPU-friendly)
+    eval_examples:int=40,   # held-out examples evaluated
 )->int:
-    "Run the demo on the embedded tiny model: bundled data → validate → pre-flight report → split."
+    "Run the demo on the embedded tiny model: bundled data → validate → pre-flight report → split → fine-tune → evaluate."
     from finetune_nb import data
     from finetune_nb.demo import write_demo_files
     d = Path(out_dir) if out_dir else get_config().data_dir/"demo"
@@ -232,6 +409,14 @@ def demo(
     tr, va = data.split(data.read_dataset(paths["train"]), val_frac=val_frac, seed=seed)
     ptr, pva = data.write_openai_jsonl(tr, d/"train.jsonl"), data.write_openai_jsonl(va, d/"val.jsonl")
     print(f"\nsplit (seed {seed}): train {len(tr)} → {ptr}\n                  val   {len(va)} → {pva}\ntest set: {paths['test']}")
+    if no_train: return 0
+    if not _tiny_available():
+        print("\n(the fine-tuning step needs finetune_nb.tiny, the embedded model, which this version lacks)")
+        return 0
+    print(f"\nfine-tuning the tiny model on {train_examples} examples (pipeline nbs/pipelines/finetune_local.ipynb) ...", flush=True)
+    run_dir = run_pipeline("local", dict(n_train=train_examples, n_test=eval_examples, eval_limit=eval_examples, seed=seed),
+                           name="demo", runs_dir=runs_dir)
+    print("\n".join(headline_lines(run_dir)))
     return 0
 
 # %% ../nbs/09_cli.ipynb #6dd15343

@@ -22,17 +22,19 @@ from .core import (get_config, get_logger, atomic_write, atomic_write_json, make
     FinetuneNBError, ConfigError, DataError, DataValidationError, ModelLoadError, TrainingError)
 
 # %% auto #0
-__all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'TABLES', 'SCHEMA', 'OPENAI_HP', 'LOCAL_HP', 'DEFAULT_MAX_UPLOAD',
-           'FILE_PURPOSES_IN', 'LOOPBACK', 'new_id', 'valid_id', 'APIError', 'not_found', 'Store', 'ChatMessage',
-           'ChatRequest', 'JobRequest', 'DeployRequest', 'InferenceRequest', 'SeedJobRequest', 'split_hyperparameters',
-           'make_training_configs', 'ModelPool', 'GenRequest', 'StreamResult', 'Batcher', 'owner_of_key', 'Service',
-           'create_app', 'run_server', 'serve_parser', 'main', 'ServerThread']
+__all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'BACKEND_KEY_ENV_RE', 'TABLES', 'SCHEMA', 'OPENAI_HP', 'LOCAL_HP',
+           'DEFAULT_MAX_UPLOAD', 'FILE_PURPOSES_IN', 'CHAT_ROLES', 'LOOPBACK', 'new_id', 'valid_id', 'APIError',
+           'not_found', 'Store', 'ChatMessage', 'ChatRequest', 'JobRequest', 'DeployRequest', 'InferenceRequest',
+           'SeedJobRequest', 'split_hyperparameters', 'make_training_configs', 'ModelPool', 'GenRequest',
+           'StreamResult', 'Batcher', 'owner_of_key', 'Service', 'create_app', 'run_server', 'serve_parser', 'main',
+           'ServerThread']
 
 # %% ../nbs/07_serve.ipynb #9f7c12c4
 ID_PREFIXES = {"files": "file", "jobs": "ftjob", "events": "ftevent", "checkpoints": "ftckpt"}
 ID_RE = re.compile(r"^(file|ftjob|ftevent|ftckpt)-[A-Za-z0-9]{24}$")
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
+BACKEND_KEY_ENV_RE = re.compile(r"^FINETUNE_NB_BACKEND_[A-Z0-9_]{1,100}$")
 
 def new_id(
     kind:str, # a table: "files", "jobs", "events" or "checkpoints"
@@ -205,7 +207,7 @@ class DeployRequest(BaseModel):
     alias: str = Field(min_length=1, max_length=64)          # name clients use as `model`
     model: str = Field(min_length=1, max_length=256)         # a local model id, or the backend's model name when base_url is set
     base_url: str|None = Field(None, max_length=2048)        # external OpenAI-compatible backend (e.g. a vLLM server)
-    api_key_env: str|None = Field(None, max_length=128)      # name of the server env var holding the backend's key
+    api_key_env: str|None = Field(None, max_length=128)      # server env var holding the backend's key (must start FINETUNE_NB_BACKEND_)
 
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -359,13 +361,14 @@ class Batcher:
     def __init__(self,
         pool:ModelPool,       # where models come from
         max_batch:int=32,     # most requests per `generate_chat` call (1 = one at a time)
-        wait_ms:float=5.0,    # how long the first request waits for others to join
+        wait_ms:float=15.0,   # a batch closes when no request arrives for this long ...
+        max_wait_ms:float=150.0, # ... or this long after its first request
         generate:Callable|None=None, # default `infer.generate_chat`
         stream:Callable|None=None,   # default `infer.stream_chat`
     ):
-        self.pool,self.max_batch,self.wait_s = pool,max(1, max_batch),wait_ms/1000
+        self.pool,self.max_batch,self.wait_s,self.max_wait_s = pool,max(1, max_batch),wait_ms/1000,max_wait_ms/1000
         self._generate,self._stream = generate,stream
-        self._q,self._stop = queue.Queue(),threading.Event()
+        self._q,self._stop,self._expect = queue.Queue(),threading.Event(),1
         self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0}
         self._thread = None
 
@@ -381,23 +384,28 @@ class Batcher:
         self.start(); self._q.put(req); return req.future
 
     def _take(self)->list[GenRequest]:
+        "The next batch: what is queued, plus arrivals that keep coming (see above)."
         try: batch = [self._q.get(timeout=0.2)]
         except queue.Empty: return []
-        end = time.monotonic() + self.wait_s
+        end,target = time.monotonic() + self.max_wait_s,min(self.max_batch, self._expect)
         while len(batch) < self.max_batch:
-            rem = end - time.monotonic()
-            try: batch.append(self._q.get(timeout=rem) if rem > 0 else self._q.get_nowait())
+            try: batch.append(self._q.get_nowait()); continue
+            except queue.Empty: pass
+            left = end - time.monotonic()
+            if left <= 0 or self.max_batch == 1: break
+            try: batch.append(self._q.get(timeout=left if len(batch) < target else min(self.wait_s, left)))
             except queue.Empty: break
         return batch
 
     def _loop(self):
         while not self._stop.is_set():
-            groups = defaultdict(list)
-            for r in self._take(): groups[(r.stream is not None,) + r.group()].append(r)
+            groups,batch = defaultdict(list),self._take()
+            for r in batch: groups[(r.stream is not None,) + r.group()].append(r)
             for g in groups.values():
                 if g[0].stream is not None:
                     for r in g: self._run([r])
                 else: self._run(g)
+            if batch: self._expect = len(batch) + self._q.qsize()   # clients answered now tend to come back: wait for them next time
 
     def _run(self, reqs:list[GenRequest]):
         reqs = [r for r in reqs if r.future.set_running_or_notify_cancel()]
@@ -451,7 +459,7 @@ class Service:
         base_models:list[str]|None=None, # base models served by name (default `$FINETUNE_NB_BASE_MODELS` or the tiny model)
         max_loaded:int=4,              # models (base + adapter) kept loaded
         max_batch:int=32,              # requests per generation batch (1 disables batching)
-        batch_wait_ms:float=5.0,       # how long a request waits for others to batch with
+        batch_wait_ms:float=15.0,      # a batch closes when no request arrives for this long (at most 150 ms)
         loader:Callable|None=None,     # (base, adapter) -> (model, tokenizer); default `infer.load_model`
         run_jobs:bool=True,            # start the fine-tuning worker
     ):
@@ -561,7 +569,9 @@ class Service:
         if not ALIAS_RE.match(req.alias): raise APIError(400, f"alias {req.alias!r} must match {ALIAS_RE.pattern} (no '/' or ':', so it never shadows a model id)", param="alias")
         if req.base_url is not None:
             if not re.match(r"^https?://[^\s/]+", req.base_url): raise APIError(400, "base_url must be an http(s) URL, e.g. http://host:8000/v1", param="base_url")
-            if req.api_key_env is not None and not re.match(r"^[A-Z_][A-Z0-9_]*$", req.api_key_env): raise APIError(400, "api_key_env must be an environment variable name", param="api_key_env")
+            if req.api_key_env is not None and not BACKEND_KEY_ENV_RE.match(req.api_key_env):
+                raise APIError(400, "api_key_env must name a server environment variable starting with FINETUNE_NB_BACKEND_ (e.g. FINETUNE_NB_BACKEND_OPENAI); "
+                               "other variables are refused so no client can send the server's secrets to a URL of its choice", param="api_key_env")
             obj = {"model": req.model, "base_url": req.base_url.rstrip("/"), "api_key_env": req.api_key_env}
         else:
             self.resolve(owner, req.model, follow_alias=False)   # must exist and be visible to this key
@@ -742,8 +752,11 @@ def _keys_from(api_keys)->list[str]:
     if isinstance(api_keys, str): api_keys = api_keys.split(",")
     return [k.strip() for k in api_keys if k and k.strip()]
 
-def _msg(m:ChatMessage)->dict:
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+def _msg(m:ChatMessage, i:int=0)->dict:
     "A plain `{role, content}` message (text parts joined; `developer` read as `system`)."
+    if m.role not in CHAT_ROLES: raise APIError(400, f"messages[{i}].role {m.role[:32]!r} is not supported here; use one of {', '.join(CHAT_ROLES)}", param=f"messages.{i}.role")
     c = m.content
     if isinstance(c, list): c = "".join(str(p.get("text", "")) for p in c if p.get("type") in ("text", "input_text"))
     return {"role": "system" if m.role == "developer" else m.role, "content": c or ""}
@@ -850,6 +863,11 @@ def create_app(
         status = 400 if isinstance(e, (DataError, ConfigError)) else 500
         return APIError(status, str(e), type="invalid_request_error" if status == 400 else "server_error", code=type(e).__name__).response()
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e:Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return APIError(500, f"Internal error: {type(e).__name__}: {str(e)[:300]}", type="server_error").response()
+
     own = lambda request: request.state.owner
 
     # ---- health and metrics ----
@@ -936,7 +954,7 @@ def create_app(
     # ---- chat ----
     async def complete(owner:str, req:ChatRequest)->dict:
         "A non-streaming chat completion from a local model or an external backend."
-        messages = [_msg(m) for m in req.messages]
+        messages = [_msg(m, i) for i,m in enumerate(req.messages)]
         t = svc.resolve(owner, req.model)
         if t.get("base_url"):
             try:
@@ -944,11 +962,14 @@ def create_app(
                     r = await c.chat.completions.create(model=t["model"], messages=messages, **_upstream_kw(req))
                 return r.model_dump(mode="json")
             except Exception as e: raise _upstream_error(e) from e
-        g = await asyncio.wrap_future(svc.batcher.submit(svc.gen_request(t, req, messages)))
+        try: g = await asyncio.wrap_future(svc.batcher.submit(svc.gen_request(t, req, messages)))
+        except Exception as e:
+            if type(e).__module__.startswith("jinja2"): raise APIError(400, f"the model's chat template rejected these messages: {e}", param="messages") from e
+            raise
         return _completion(t["model"], g)
 
     async def stream(owner:str, req:ChatRequest):
-        messages = [_msg(m) for m in req.messages]
+        messages = [_msg(m, i) for i,m in enumerate(req.messages)]
         t = svc.resolve(owner, req.model)
         usage_on = bool((req.stream_options or {}).get("include_usage"))
         if t.get("base_url"):

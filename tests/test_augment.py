@@ -128,3 +128,13 @@ def test_parse_paraphrases():
     assert parse_paraphrases('["x", 3, "y"]') == ["x", "y"]
     assert parse_paraphrases('{"variations": ["p", "q"]}') == ["p", "q"]
     assert parse_paraphrases("Sure!\n1. one\n2. two") == ["Sure!", "one", "two"]
+
+
+def test_invalid_variations_become_failures(aclient):
+    "Variations are checked by the data module; an invalid one is reported with the validator's message."
+    bad = {"messages": [{"role": "robot", "content": "beep"}, {"role": "user", "content": "help me"},
+                        {"role": "assistant", "content": "ok"}]}
+    res = run(DataAugmenter(aclient, num_variations=2, progress=False).augment_async(tickets(1) + [bad]))
+    assert res.sources == [0, 0] and len(res.records) == 2 and res.report.ok
+    assert [f.index for f in res.failures] == [1, 1]
+    assert all(f.error.startswith("invalid variation: <augmented>:") and "messages[0].role" in f.error for f in res.failures)

@@ -120,7 +120,7 @@ def test_split_reproducible(tmp_path, good_file):
 
 
 def test_demo_preflight(tmp_path):
-    rc, out, err = run_cli("demo", "--out-dir", tmp_path, "--n-train", "100", "--n-test", "10", "--val-frac", "0.2")
+    rc, out, err = run_cli("demo", "--out-dir", tmp_path, "--n-train", "100", "--n-test", "10", "--val-frac", "0.2", "--no-train")
     assert rc == 0, err
     assert "examples            100 (of 100 records)" in out and "estimated cost" in out and "tokens per example" in out
     tr, va = (tmp_path/"train.jsonl").read_text().splitlines(), (tmp_path/"val.jsonl").read_text().splitlines()
@@ -129,9 +129,20 @@ def test_demo_preflight(tmp_path):
     assert set(ans) == {"category", "priority", "sentiment"}
 
 
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    "The whole `make demo`: pre-flight, split, then the local pipeline on the embedded tiny model; the printed numbers match the report."
+    rc, out, err = run_cli("demo", "--out-dir", tmp_path/"data", "--runs-dir", tmp_path/"runs")
+    assert rc == 0, err[-3000:]
+    m = json.loads((tmp_path/"runs"/"demo"/"metrics.json").read_text())
+    o = m["headline"]["overall"]
+    assert f"overall              base {o['base']:.3f}  →  fine-tuned {o['fine_tuned']:.3f}" in out
+    assert f"Overall score: {o['base']:.3f} → {o['fine_tuned']:.3f}" in (tmp_path/"runs"/"demo"/"report.md").read_text()
+
+
 def test_help_comes_from_docments():
     p = make_parser()
-    assert {"validate", "convert", "stats", "split", "demo", "serve"} <= set(COMMANDS)
+    assert {"validate", "convert", "stats", "split", "demo", "serve", "run"} <= set(COMMANDS)
     rc, out, _ = run_cli("split", "--help")
     assert rc == 0 and "fraction held out for validation (default: 0.1)" in out and "makes the split reproducible" in out
 
@@ -145,3 +156,31 @@ def test_console_script(bad_file, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file" in r.stderr
     r = subprocess.run([str(EXE), "validate", "--bogus", str(bad_file)], capture_output=True, text=True)
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+def test_train_then_eval_local(tmp_path, ux_base_model):
+    "`train` saves an adapter after the asked-for steps; `eval` loads base + adapter and writes a report it summarises."
+    data = tmp_path/"d.jsonl"
+    data.write_text("".join(json.dumps(rec(i)) + "\n" for i in range(16)))
+    rc, out, err = run_cli("train", data, "--base-model", ux_base_model, "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1",
+                           "--lr", "1e-3", "--output-dir", tmp_path/"run", "--json")
+    assert rc == 0, err[-2000:]
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["steps"] == 2 and (Path(res["adapter_dir"])/"adapter_config.json").exists()
+    rc, out, err = run_cli("eval", data, "--base-model", ux_base_model, "--adapter", res["adapter_dir"], "--limit", "3",
+                           "--max-tokens", "4", "--out-dir", tmp_path/"rep")
+    assert rc == 0, err[-2000:]
+    m = json.loads((tmp_path/"rep"/"metrics.json").read_text())["summary"]
+    assert m["n_examples"] == 3 and f"exact_match            base {m['metrics']['exact_match']['base']['mean']:.3f}" in out
+
+
+def test_eval_through_an_api(tmp_path, fake_openai):
+    fake_openai.chat_reply = lambda req: "answer 1" if req["model"] == "ft:x" else "nope"
+    data = tmp_path/"d.jsonl"
+    data.write_text("".join(json.dumps(rec(i)) + "\n" for i in range(4)))
+    rc, out, err = run_cli("eval", data, "--base-url", fake_openai.base_url, "--base-model", "gpt-4o-mini", "--fine-tuned-model", "ft:x",
+                           "--out-dir", tmp_path/"rep")
+    assert rc == 0, err
+    em = json.loads((tmp_path/"rep"/"metrics.json").read_text())["summary"]["metrics"]["exact_match"]
+    assert (em["base"]["mean"], em["fine_tuned"]["mean"]) == (0.0, 0.25)   # only "answer 1" is right
+    assert run_cli("eval", data, "--base-url", fake_openai.base_url)[0] == 2   # needs --fine-tuned-model

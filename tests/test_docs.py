@@ -102,7 +102,7 @@ class CDP:
         self.events.clear()
         self.send("Page.navigate", url=url)
         self.wait_for("Page.loadEventFired")
-        self.eval("new Promise(r => setTimeout(r, 150))")   # let late scripts (search worker) report
+        self.eval("new Promise(r => setTimeout(r, 20))")    # let scripts queued at load report
         errs = []
         for e in self.events:
             m, p = e.get("method"), e.get("params", {})

@@ -138,11 +138,11 @@ def test_evaluator_over_http(fake_openai, use_async):
 def test_evaluator_inside_a_running_loop(fake_openai):
     "The sync API works where an event loop is already running (Jupyter), and the async API can be awaited."
     fake_openai.chat_reply = scripted
-    client = openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
-    ev = FineTuneEvaluator(client, client, "base", "ft", progress=False)
+    mk = lambda: openai.AsyncOpenAI(base_url=fake_openai.base_url, api_key="sk-test", max_retries=0)
+    c1, c2 = mk(), mk()           # an AsyncOpenAI client's connection pool belongs to one event loop
     async def main():
-        sync_res = ev.evaluate_dataset(GOLD[:2])
-        async_res = await ev.aevaluate_dataset(GOLD[:2])
+        sync_res = FineTuneEvaluator(c1, c1, "base", "ft", progress=False).evaluate_dataset(GOLD[:2])
+        async_res = await FineTuneEvaluator(c2, c2, "base", "ft", progress=False).aevaluate_dataset(GOLD[:2])
         return sync_res, async_res
     a, b = asyncio.run(main())
     assert [c.fine_tuned.actual for c in a] == [c.fine_tuned.actual for c in b] == [g["expected"] for g in GOLD[:2]]
@@ -198,15 +198,15 @@ def test_judge_prompt_shape():
 def test_base_vs_adapter_on_held_out_demo_set(tiny_random_path, tiny_random_adapter, tiny_random_model, tmp_path):
     from finetune_nb.infer import LocalChatClient, AsyncLocalChatClient, load_model
     from finetune_nb.demo import make_demo_data
-    _, test = make_demo_data(n_train=10, n_test=12, seed=0)
+    _, test = make_demo_data(n_train=10, n_test=8, seed=0)
     base = AsyncLocalChatClient(client=LocalChatClient(tiny_random_path, model=tiny_random_model[0], tokenizer=tiny_random_model[1]))
     m, t = load_model(tiny_random_path, adapter=tiny_random_adapter, device="cpu")
     tuned = LocalChatClient(tiny_random_path, model=m, tokenizer=t)                  # one async, one sync client
-    ev = FineTuneEvaluator(base, tuned, "tiny", "tiny+adapter", metrics=JSON_METRICS + ["word_overlap"], max_tokens=12, progress=False)
+    ev = FineTuneEvaluator(base, tuned, "tiny", "tiny+adapter", metrics=JSON_METRICS, max_tokens=10, progress=False)
     res = ev.evaluate_dataset(test)
-    assert len(res) == 12 and all(c.ok for c in res)
-    assert all(c.base.completion_tokens == 12 for c in res)                         # real token counts from the local model
-    assert sum(c.base.actual != c.fine_tuned.actual for c in res) >= 10             # the adapter changes the replies...
+    assert len(res) == 8 and all(c.ok for c in res)
+    assert all(c.base.completion_tokens == 10 for c in res)                         # real token counts from the local model
+    assert sum(c.base.actual != c.fine_tuned.actual for c in res) >= 6             # the adapter changes the replies...
     s = ev.summary()
     lr = s["metrics"]["length_ratio"]
     assert lr["base"]["mean"] != lr["fine_tuned"]["mean"]                           # ...and the scores
@@ -215,8 +215,8 @@ def test_base_vs_adapter_on_held_out_demo_set(tiny_random_path, tiny_random_adap
     for k in ("bars", "distributions", "scatter", "loss"): assert files[k].read_bytes()[:4] == b"\x89PNG"
     md = files["report"].read_text()
     assert "tiny+adapter" in md and "| length_ratio | 0.0 |" in md and "![Per-example scores](scatter.png)" in md
-    assert json.loads(files["metrics"].read_text())["summary"]["n_pairs"] == 12
-    assert len(files["results"].read_text().splitlines()) == 12
+    assert json.loads(files["metrics"].read_text())["summary"]["n_pairs"] == 8
+    assert len(files["results"].read_text().splitlines()) == 8
     assert "<table>" in files["html"].read_text()
     assert not [p for p in (tmp_path/"report").iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temp files
 
@@ -233,3 +233,24 @@ def test_report_with_judge_and_errors(tmp_path):
     assert md.startswith("# Run 7") and "0 base / 1 fine-tuned request errors" in md and "| ft wins | 1 | 1.000 |" in md
     assert json.loads(files["metrics"].read_text())["judge"]["B_wins"]["count"] == 1
     assert (s["n_pairs"], s["overall"]["improvement"]) == (1, 1.0)
+
+
+@pytest.mark.slow
+def test_trained_lora_beats_base_on_demo_held_out(tiny_random_path, tmp_path):
+    "A real LoRA run (finetune_nb.lora) on the demo task: the fine-tuned model's token F1 beats the base's, with a CI above 0."
+    from finetune_nb.demo import make_demo_data
+    from finetune_nb.infer import LocalChatClient
+    from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
+    train, test = make_demo_data(n_train=300, n_test=20, seed=1)
+    tuner = LocalFineTuner(tiny_random_path, LoRAConfig(r=16, alpha=32, target_modules="all-linear", dropout=0.0),
+                           TrainingConfig(max_steps=120, lr=1e-2, batch_size=8, grad_accum=1, warmup=0.0, max_length=384,
+                                          save_steps=None, progress=False), output_dir=str(tmp_path/"run"))
+    run = tuner.train(train)
+    ev = FineTuneEvaluator(LocalChatClient(tiny_random_path), LocalChatClient(tiny_random_path, adapter=run.adapter_dir),
+                           "tiny", "tiny+lora", metrics=JSON_METRICS, max_tokens=40, progress=False)
+    res = ev.evaluate_dataset(test)
+    s = ev.summary(seed=0)
+    f1 = s["metrics"]["token_f1"]
+    assert f1["ci95"][0] > 0 and f1["wins"] > f1["losses"], f1
+    files = write_report(s, tmp_path/"report", results=res, loss_history=run.loss_history)
+    assert files["loss"].stat().st_size > 1000 and "tiny+lora" in files["report"].read_text()

@@ -176,3 +176,15 @@ def test_async_client_does_not_block_the_loop(client, mt):
     assert len(ticks) >= 5            # the loop kept ticking while six generations ran in worker threads
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref[2]
     assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_embedded_tiny_model_by_name():
+    "The embedded model loads by name through finetune_nb.tiny.resolve_model_path and answers through the local client."
+    tiny = pytest.importorskip("finetune_nb.tiny")
+    c = LocalChatClient(tiny.TINY_MODEL, device="cpu")
+    msgs = [{"role": "system", "content": "Reply with JSON only."}, {"role": "user", "content": "I was charged twice."}]
+    r = c.chat.completions.create(model=tiny.TINY_MODEL, messages=msgs, max_tokens=12, temperature=0)
+    assert r.model == tiny.TINY_MODEL and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens == len(c.tokenizer(build_prompt(c.tokenizer, msgs), add_special_tokens=False)["input_ids"])
+    assert c.tokenizer.pad_token_id not in (c.tokenizer.eos_token_id, None)
+    assert r.choices[0].message.content == generate_chat(c.model, c.tokenizer, [msgs], max_new_tokens=12)[0].text

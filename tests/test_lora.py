@@ -14,6 +14,13 @@ CONVO = [{"role": "system", "content": "be brief"},
          {"role": "user", "content": "classify: the red cat"}, {"role": "assistant", "content": '{"label": "animal"}'},
          {"role": "user", "content": "and the blue car?"}, {"role": "assistant", "content": '{"label": "vehicle"}'}]
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    "Toy models run fastest on one thread; several threads on a busy 2-core machine spin (measured 12x slower)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def _tok(d):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(d)
@@ -131,6 +138,7 @@ def test_full_finetune_learns_to_stop(toy_model_dir, toy_task, tmp_path):
     for g in gens:   # EOS well before max_new_tokens on every held-out prompt
         assert g.finish_reason == "stop" and g.completion_tokens < 20, g
         assert set(json.loads(g.text)) == {"label"}
+    assert "".join(ft.stream(test[0]["messages"][:-1], max_new_tokens=40)) == gens[0].text
 
 def test_stop_event_then_resume_matches_uninterrupted(toy_model_dir, toy_task, tmp_path):
     train = toy_task[0]
@@ -169,6 +177,11 @@ def test_qlora_on_cpu(toy_model_dir, toy_task, tmp_path):
     assert torch.equal(_logits(again.model, again.tokenizer), before)
     q = [[{"role": "user", "content": "classify: the red cat"}]]
     assert again.generate(q, max_new_tokens=8)[0].text == ft.generate(q, max_new_tokens=8)[0].text
+    # merging a QLoRA adapter writes a plain full-precision model (no peft, no 4-bit layers)
+    from transformers import AutoModelForCausalLM
+    merged = AutoModelForCausalLM.from_pretrained(ft.merge_and_save(tmp_path/"merged"))
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules()) and not hasattr(merged, "peft_config")
+    assert merged.dtype == torch.float32
 
 def test_merge_equals_base_plus_adapter(toy_model_dir, toy_task, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -181,6 +194,19 @@ def test_merge_equals_base_plus_adapter(toy_model_dir, toy_task, tmp_path):
     with_adapter, base = _logits(ft.model, ft.tokenizer), _logits(AutoModelForCausalLM.from_pretrained(toy_model_dir), ft.tokenizer)
     assert not torch.allclose(with_adapter, base, atol=1e-3)          # the adapter does something
     assert torch.allclose(_logits(merged, ft.tokenizer), with_adapter, atol=1e-5)
+
+def test_gradient_checkpointing_dora_and_length_grouping(toy_model_dir, toy_task, tmp_path):
+    ft = LocalFineTuner(toy_model_dir, LoRAConfig(use_dora=True), _cfg(max_steps=3, gradient_checkpointing=True, group_by_length=True),
+                        output_dir=tmp_path)
+    res = ft.train(toy_task[0])
+    assert res.steps == 3 and all(h["loss"] == h["loss"] for h in res.loss_history)   # finite, not NaN
+    assert ft.trainer.args.activation_checkpointing and ft.model.base_model.model.is_activation_checkpointing
+    assert any("lora_magnitude_vector" in n for n, _ in ft.model.named_parameters())  # DoRA
+
+def test_bf16_on_cpu_trains(toy_model_dir, toy_task, tmp_path):
+    ft = LocalFineTuner(toy_model_dir, LoRAConfig(), _cfg(max_steps=2, precision="bf16"), output_dir=tmp_path)
+    res = ft.train(toy_task[0])
+    assert ft.trainer.args.bf16 and res.steps == 2 and 0 < res.final_loss < 20
 
 def test_accelerate_launch_two_cpu_processes(toy_model_dir, tmp_path):
     script = tmp_path/"train_ddp.py"
@@ -198,9 +224,11 @@ info = dict(rank=dist.get_rank(), world=dist.get_world_size(), backend=dist.get_
             loss=res.final_loss, tokens=res.train_tokens)
 json.dump(info, open(os.path.join({str(tmp_path)!r}, f"rank{{info['rank']}}.json"), "w"))
 """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                        "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+    # accelerate's --cpu launcher needs mpirun for several processes; its torchrun launcher (--multi_gpu) with no visible GPU
+    # starts 2 CPU processes, and the Trainer (use_cpu) joins them with gloo
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(script)],
                        capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     infos = [json.loads((tmp_path/f"rank{r}.json").read_text()) for r in (0, 1)]

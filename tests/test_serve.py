@@ -36,7 +36,8 @@ def test_auth_and_bad_input(start_server):
     ca, cb = srv.client(KEY_A), srv.client(KEY_B)
     assert any("tiny" in m.id for m in ca.models.list())
     # malformed JSON, wrong types, missing fields -> 400
-    for body in [b"{not json", b"[]", b'{"model": 3}', b'{"model": "x", "messages": []}']:
+    for body in [b"{not json", b"[]", b'{"model": 3}', b'{"model": "x", "messages": []}',
+                 json.dumps({"model": srv.base_model, "messages": [{"role": "tool", "content": "x"}]}).encode()]:
         r = httpx.post(u + "/v1/chat/completions", headers={**ha, "Content-Type": "application/json"}, content=body)
         assert r.status_code == 400, (body, r.text); err(r)
     r = httpx.post(u + "/v1/fine_tuning/jobs", headers={**ha, "Content-Type": "application/json"}, content=b'{"model":')
@@ -149,6 +150,7 @@ def test_aliases_swap_and_external_backend(start_server, tmp_path, tiny_random_p
     assert dep(a, alias="prod", model="ft:nope").status_code == 404
     assert dep(a, alias="a/b", model=ft).status_code == 400
     assert dep(a, alias="x", model="m", base_url="file:///etc/passwd").status_code == 400
+    assert dep(a, alias="x", model="m", base_url="http://evil.invalid/v1", api_key_env="OPENAI_API_KEY").status_code == 400   # no secret exfiltration
     assert httpx.post(a.url + "/v1/fine-tune/inference", json={"alias": "nope", "prompt": "hi"}).status_code == 404
     # server b serves alias "remote" from server a's alias "prod" (an external OpenAI-compatible backend)
     r = dep(b, alias="remote", model="prod", base_url=a.base_url)

@@ -103,10 +103,10 @@ def test_restart_mid_job(start_server, tmp_path):
     srv = start_server("r1", state_dir=state)
     c = srv.client()
     base = next(m.id for m in c.models.list() if "tiny" in m.id)
-    f = c.files.create(file=open(demo_files(tmp_path, n_train=60)["train"], "rb"), purpose="fine-tune")
-    hp = {**HP, "max_steps": 12, "save_steps": 3, "logging_steps": 1, "batch_size": 2}
+    f = c.files.create(file=open(demo_files(tmp_path, n_train=20)["train"], "rb"), purpose="fine-tune")
+    hp = {**HP, "max_steps": 8, "save_steps": 2, "logging_steps": 1, "batch_size": 2}
     job = c.fine_tuning.jobs.create(model=base, training_file=f.id, hyperparameters=hp, suffix="resume")
-    queued = c.fine_tuning.jobs.create(model=base, training_file=f.id, hyperparameters={**HP, "max_steps": 2})
+    queued = c.fine_tuning.jobs.create(model=base, training_file=f.id, hyperparameters={**HP, "max_steps": 1, "save_steps": 100})
     httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "keep", "model": base}).raise_for_status()
     t0 = time.time()
     while not list(c.fine_tuning.jobs.checkpoints.list(job.id)):   # a checkpoint exists: kill now
@@ -157,6 +157,7 @@ def test_prompt_consistency(flow_srv, serve_base_model):
     first_label = next(i for i, l in enumerate(enc["labels"]) if l != -100)
     prompt_ids = tok(build_prompt(tok, msgs[:-1]), add_special_tokens=False)["input_ids"]
     assert list(enc["input_ids"][:first_label]) == prompt_ids        # the trained-on prefix == the inference prompt
-    assert list(enc["labels"][first_label:])[-1] == tok.eos_token_id   # and the answer ends with EOS, as generation stops
+    trained = [l for l in enc["labels"] if l != -100]
+    assert trained[-1] == tok.eos_token_id                           # and the answer ends with EOS, where generation stops
     r = flow_srv.client().chat.completions.create(model=serve_base_model, messages=msgs[:-1], max_tokens=1, temperature=0)
     assert r.usage.prompt_tokens == len(prompt_ids)                 # the server fed exactly that prompt

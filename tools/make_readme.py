@@ -3,6 +3,7 @@
 
     python tools/make_readme.py            # (re)write README.md if it changed
     python tools/make_readme.py --check    # exit 1 if README.md is out of sync, 0 otherwise
+    python tools/make_readme.py --execute  # re-run nbs/index.ipynb first (skipping `#| eval: false` cells)
 
 nbdev directives are honoured the way nbdev's docs do: `#| hide` / `#| include: false` drop a cell,
 `#| echo: false` keeps only its output, `#| output: false` keeps only its source, and directive lines
@@ -85,14 +86,34 @@ def render(nb_path:Path=ROOT/"nbs"/"index.ipynb")->str:
     return body + "\n<!-- Generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file. -->\n"
 
 
+def execute(nb_path:Path=ROOT/"nbs"/"index.ipynb", timeout:int=600):
+    "Run the notebook in place to refresh its saved outputs, skipping `#| eval: false` cells (as nbdev_test does)."
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(str(nb_path), as_version=4)
+    skipped = []
+    for c in nb.cells:
+        if c.cell_type == "code" and parse_directives(c.source)[0].get("eval") == "false":
+            tags = c.metadata.setdefault("tags", [])
+            if "skip-execution" not in tags: tags.append("skip-execution"); skipped.append(c)
+            c.outputs, c.execution_count = [], None
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    for c in skipped:
+        c.metadata["tags"].remove("skip-execution")
+        if not c.metadata["tags"]: del c.metadata["tags"]
+    nbformat.write(nb, str(nb_path))
+
+
 def main(argv=None)->int:
     p = argparse.ArgumentParser(description="Generate README.md from nbs/index.ipynb.")
     p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of sync; write nothing")
     p.add_argument("--nb", type=Path, default=ROOT/"nbs"/"index.ipynb", help="source notebook")
     p.add_argument("--out", type=Path, default=ROOT/"README.md", help="README path")
+    p.add_argument("--execute", action="store_true", help="first re-run the notebook to refresh its saved outputs")
     a = p.parse_args(argv)
     if not a.nb.exists():
         print(f"make_readme: {a.nb} not found", file=sys.stderr); return 2
+    if a.execute and not a.check: execute(a.nb)
     new = render(a.nb)
     old = a.out.read_text(encoding="utf-8") if a.out.exists() else None
     if a.check:

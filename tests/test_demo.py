@@ -1,0 +1,120 @@
+"The bundled demo task: reproducible, labels decided by cues, a held-out set of unseen cue combinations."
+import hashlib, json
+import pytest
+from finetune_nb.demo import (CUES, CATEGORIES, PRIORITIES, SENTIMENTS, DEMO_FIELDS, DEMO_SYSTEM, make_demo_data,
+                              demo_labels, demo_cues, demo_pretrain_text, write_demo_files, demo_recipe, _fragments)
+
+
+@pytest.fixture(scope="module")
+def demo(): return make_demo_data()
+
+
+def _cue_triple(msg:str)->tuple:
+    "Which cue template (label, index) of each field the message contains; exactly one per field."
+    m, out = msg.lower(), []
+    for f in DEMO_FIELDS:
+        hits = [(l, i) for l, ts in CUES[f].items() for i, t in enumerate(ts) if t and all(p in m for p in _fragments(t))]
+        if f == "sentiment" and not hits: hits = [("neutral", CUES[f]["neutral"].index(""))]
+        assert len(hits) == 1, (f, hits, msg)
+        out.append(hits[0])
+    return tuple(out)
+
+
+def test_sizes_and_shape(demo):
+    train, test = demo
+    assert (len(train), len(test)) == (2000, 200)
+    for r in train[:50] + test[:50]:
+        assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+        assert r["messages"][0]["content"] == DEMO_SYSTEM
+        ans = json.loads(r["messages"][2]["content"])
+        assert list(ans) == list(DEMO_FIELDS)
+        assert ans["category"] in CATEGORIES and ans["priority"] in PRIORITIES and ans["sentiment"] in SENTIMENTS
+
+
+def test_deterministic_on_any_machine(demo):
+    assert make_demo_data() == demo
+    assert make_demo_data(seed=1) != demo
+    # pinned: the same bytes on every machine and Python version (no hash(), no global random state)
+    blob = json.dumps(make_demo_data(100, 20, seed=0), sort_keys=True).encode()
+    assert hashlib.sha256(blob).hexdigest()[:16] == PINNED_DEMO_HASH
+    assert demo_pretrain_text(300) == demo_pretrain_text(300)
+    assert hashlib.sha256("\n".join(demo_pretrain_text(300)).encode()).hexdigest()[:16] == PINNED_PRETRAIN_HASH
+
+
+PINNED_DEMO_HASH = "TBD"
+PINNED_PRETRAIN_HASH = "TBD"
+
+
+def test_labels_are_decided_by_cues(demo):
+    train, test = demo
+    for r in train + test:
+        labels, cues = demo_labels(r), demo_cues(r["messages"][1]["content"])
+        assert {f: {labels[f]} for f in DEMO_FIELDS} == cues
+
+
+def test_heldout_cue_combinations_unseen(demo):
+    train, test = demo
+    tr = {_cue_triple(r["messages"][1]["content"]) for r in train}
+    te = [_cue_triple(r["messages"][1]["content"]) for r in test]
+    assert len(set(te)) == len(te)          # no duplicates inside the test set
+    assert not (set(te) & tr)               # no test cue combination occurs in training
+    # some whole label combinations occur only in the test set ...
+    tr_labels = {tuple(demo_labels(r).values()) for r in train}
+    te_labels = [tuple(demo_labels(r).values()) for r in test]
+    only_test = {c for c in te_labels if c not in tr_labels}
+    assert len(only_test) >= 5 and sum(c in only_test for c in te_labels) >= len(test) // 3
+    # ... but every single cue phrasing and label was taught
+    seen = {(f, c) for t in tr for f, c in zip(DEMO_FIELDS, t)}
+    assert all((f, c) in seen for t in te for f, c in zip(DEMO_FIELDS, t))
+
+
+def test_lexical_variety(demo):
+    train, _ = demo
+    msgs = [r["messages"][1]["content"] for r in train]
+    assert len(set(msgs)) == len(msgs)
+    assert len({w for m in msgs for w in m.split()}) > 300
+    for field, labels in (("category", CATEGORIES), ("priority", PRIORITIES), ("sentiment", SENTIMENTS)):
+        counts = [sum(demo_labels(r)[field] == l for r in train) for l in labels]
+        assert min(counts) > 0.5 * len(train) / len(labels), (field, counts)   # roughly balanced
+
+
+def test_demo_labels_rejects_other_shapes():
+    assert demo_labels('{"category": "billing", "priority": "low", "sentiment": "neutral"}') == \
+        {"category": "billing", "priority": "low", "sentiment": "neutral"}
+    for bad in ['{"category": "billing"}', "billing, low, neutral", '["billing"]', '{"category": "billing", "priority": "low", "sentiment": "neutral", "x": 1}']:
+        assert demo_labels(bad) is None
+
+
+def test_pretrain_text_has_vocabulary_but_no_answers():
+    docs = demo_pretrain_text()
+    text = "\n".join(docs)
+    for w in CATEGORIES + PRIORITIES + SENTIMENTS + ['"category"', '"priority"', '"sentiment"']: assert w in text, w
+    assert not any(demo_labels(d) for d in docs)                    # never the target format
+    assert not any('"category"' in d and '"priority"' in d for d in docs)
+    assert DEMO_SYSTEM not in text
+
+
+def test_records_pass_validation(demo):
+    from finetune_nb.data import validate_records
+    train, test = demo
+    rep = validate_records(train + test)
+    assert rep.ok, rep.errors[:3]
+    assert not [w for w in rep.warnings if w.kind == "duplicate"]
+
+
+def test_write_demo_files(tmp_path):
+    from finetune_nb.data import read_dataset
+    ps = write_demo_files(tmp_path, n_train=30, n_test=10, seed=3)
+    assert set(ps) == {"train", "test", "pretrain"}
+    train, test = make_demo_data(30, 10, seed=3)
+    assert read_dataset(ps["train"]).to_records() == train
+    assert read_dataset(ps["test"]).to_records() == test
+    assert ps["pretrain"].read_text().splitlines() == demo_pretrain_text()
+
+
+def test_demo_recipe_fits_the_trainer_configs():
+    from finetune_nb.lora import TrainingConfig, LoRAConfig
+    r = demo_recipe()
+    tc = TrainingConfig(**r["training"])
+    assert tc.method in ("full", "lora", "qlora") and tc.max_steps and tc.max_steps > 0
+    if tc.method != "full": LoRAConfig(**r["lora"])

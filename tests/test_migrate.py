@@ -1,0 +1,77 @@
+"Migration end to end between two loopback finetune_nb servers (one plays OpenAI), plus every bad-input stop."
+import json
+from pathlib import Path
+import pytest
+from finetune_nb.migrate import Migration, MigrationError, migrate, MigrationState
+from finetune_nb.openai_ft import OpenAIFineTuner
+from finetune_nb.data import write_openai_jsonl
+
+STEPS = 40  # enough for the tiny model to learn the JSON format; keeps the test short
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory):
+    from finetune_nb.demo import make_demo_data
+    train, test = make_demo_data(n_train=400, n_test=40, seed=3)
+    d = tmp_path_factory.mktemp("migrate-data")
+    return write_openai_jsonl(train, d/"train.jsonl"), write_openai_jsonl(test[:24], d/"valid.jsonl")
+
+def source_job(server, files, steps=STEPS):
+    "A succeeded fine-tuning job on the 'OpenAI' server, created through the OpenAI-compatible API."
+    ft = OpenAIFineTuner(base_url=server.base_url, api_key="no-key")
+    run = ft.fine_tune(files[0], model="finetune-nb/tiny", validation_data=files[1], suffix="triage", seed=7,
+                       hyperparameters={"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 2.0, "max_steps": steps},
+                       poll_interval=0.5, timeout=600, progress=False)
+    assert run.job.status == "succeeded"
+    return ft, run.job
+
+def test_migration_between_two_servers(start_server, demo_files, tmp_path):
+    openai_srv, local_srv = start_server("openai"), start_server("local")
+    src, job = source_job(openai_srv, demo_files)
+    folder = tmp_path/"mig"
+    res = migrate(job.job_id, src, target="finetune-nb/tiny", target_url=local_srv.base_url, alias="support-triage",
+                  folder=folder, eval_limit=16, max_tokens=48, overrides={"max_steps": STEPS}, poll_interval=0.5)
+    assert res.verdict in ("better", "worse", "equal within CI")
+    report = res.report.read_text()
+    assert f"**Verdict: {res.verdict}**" in report and job.fine_tuned_model in report and res.local_model in report
+    assert (folder/"eval"/"metrics.json").exists() and (folder/"eval"/"bars.png").stat().st_size > 1000
+    st = json.loads((folder/"state.json").read_text())["steps"]
+    assert list(st) == ["source", "plan", "train", "evaluate", "deploy"]
+    assert st["plan"]["hyperparameters"]["openai"]["learning_rate_multiplier"] == 2.0
+    assert (folder/"source"/"train.jsonl").read_bytes() == Path(demo_files[0]).read_bytes()
+    # the alias the application uses now serves the migrated model
+    c = local_srv.client()
+    q = [{"role": "user", "content": "My card was charged twice and I am furious, fix it now!"}]
+    via_alias = c.chat.completions.create(model="support-triage", messages=q, max_tokens=40, temperature=0)
+    direct = c.chat.completions.create(model=res.local_model, messages=q, max_tokens=40, temperature=0)
+    assert res.local_model.startswith("ft:") and via_alias.choices[0].message.content == direct.choices[0].message.content
+    # a re-run pays nothing twice: no new job on the target, same verdict
+    n_jobs = len(OpenAIFineTuner(base_url=local_srv.base_url).list_jobs())
+    again = migrate(job.job_id, src, target="finetune-nb/tiny", target_url=local_srv.base_url, alias="support-triage", folder=folder)
+    assert again.verdict == res.verdict and len(OpenAIFineTuner(base_url=local_srv.base_url).list_jobs()) == n_jobs
+
+def test_bad_inputs_stop_clearly_and_stay_resumable(start_server, demo_files, tmp_path):
+    srv = start_server("openai")
+    ft = OpenAIFineTuner(base_url=srv.base_url, api_key="no-key")
+    with pytest.raises(MigrationError, match="cannot read source job 'ftjob-doesnotexist'"):
+        migrate("ftjob-doesnotexist", ft, folder=tmp_path/"a")
+    # a job that never succeeded
+    j = ft.create_job(ft.upload_file(demo_files[0]).id, model="finetune-nb/tiny", hyperparameters={"max_steps": 5000})
+    ft.cancel_job(j.job_id)
+    with pytest.raises(MigrationError, match=r"is 'cancelled'.*only a succeeded job"):
+        migrate(j.job_id, ft, folder=tmp_path/"b")
+    # files that fail validation: the downloaded file is broken by hand, then fixed; the re-run continues
+    _, job = source_job(srv, demo_files, steps=2)
+    m = Migration(job.job_id, "finetune-nb/tiny", folder=tmp_path/"c", source=ft)
+    m._step_source()
+    p = tmp_path/"c"/"source"/"train.jsonl"; good = p.read_bytes()
+    lines = good.splitlines(); lines[4] = b'{"messages": [{"role": "robot", "content": "x"}]}'; p.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(MigrationError, match=r"train file has 2 validation error\(s\).*train\.jsonl:5: messages\[0\]\.role"):
+        Migration(job.job_id, "finetune-nb/tiny", folder=tmp_path/"c", source=ft)._step_plan()
+    p.write_bytes(good)
+    m2 = Migration(job.job_id, "finetune-nb/tiny", folder=tmp_path/"c", source=ft)
+    assert m2.state.done("source") and m2._step_plan()["n_train"] == 400
+    # a target base model that cannot be loaded (in-process target)
+    bad = Migration(job.job_id, str(tmp_path/"no-such-model"), folder=tmp_path/"d", source=ft)
+    with pytest.raises(MigrationError, match="cannot be loaded"): bad.run()
+    st = MigrationState(tmp_path/"d")
+    assert st.done("source") and st.done("plan") and not st.done("train")

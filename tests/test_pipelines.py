@@ -1,0 +1,94 @@
+"""Papermill pipelines, run through `finetune-nb run` with small parameters: the local one on a toy model, the OpenAI one
+against a loopback fake of the API. Each run folder must hold everything needed to reproduce it."""
+import json, re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from finetune_nb.cli import run_cli, headline_lines
+
+
+def _check_run_folder(run_dir:Path, nb_name:str, params:dict):
+    p = json.loads((run_dir/"params.json").read_text())
+    for k, v in params.items(): assert p[k] == v, (k, p[k], v)          # the parameters cell kept its tag
+    env = json.loads((run_dir/"env.json").read_text())
+    assert env["packages"]["finetune_nb"] and env["packages"]["torch"] and env["device"]
+    nb = nbformat.read(str(run_dir/nb_name), as_version=4)
+    assert any(c.metadata.get("tags") == ["injected-parameters"] for c in nb.cells)
+    assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code")   # every cell ran
+    m = json.loads((run_dir/"metrics.json").read_text())
+    report = (run_dir/"report.md").read_text()
+    o = m["headline"]["overall"]
+    assert f"Overall score: {o['base']:.3f} → {o['fine_tuned']:.3f}" in report      # the report matches metrics.json
+    assert (run_dir/"bars.png").read_bytes()[:4] == b"\x89PNG" and (run_dir/"results.jsonl").exists()
+    return m
+
+
+def test_local_pipeline(tmp_path, ux_base_model):
+    params = dict(base_model=ux_base_model, n_train=48, n_test=6, max_steps=4, eval_limit=6, max_new_tokens=8,
+                  max_length=384, logging_steps=1, batch_size=4, seed=3)
+    args = [x for k, v in params.items() for x in ("-p", k, json.dumps(v) if not isinstance(v, str) else v)]
+    rc, out, err = run_cli("run", "local", *args, "--name", "tiny-run", "--runs-dir", tmp_path, "--quiet")
+    assert rc == 0, err[-3000:]
+    run_dir = tmp_path/"tiny-run"
+    m = _check_run_folder(run_dir, "finetune_local.ipynb", params)
+    assert m["train"]["steps"] == 4 and len(m["loss_history"]) >= 4
+    assert all(h["loss"] > 0 for h in m["loss_history"] if h.get("loss") is not None)
+    assert (Path(m["train"]["adapter_dir"])/"adapter_config.json").exists()
+    assert m["n_test"] == 6 and (run_dir/"data"/"demo_train.jsonl").exists() and (run_dir/"plots"/"tokens.png").exists()
+    assert f"report:  {run_dir/'report.md'}" in out and "overall" in out
+
+
+def test_openai_pipeline_against_loopback(tmp_path, fake_openai):
+    "The fine-tuned model (per the fake) answers every test ticket right, the base never does."
+    from finetune_nb.demo import make_demo_data
+    n_train, n_test, seed = 60, 8, 5
+    _, test = make_demo_data(n_train, n_test, seed)
+    answers = {r["messages"][-2]["content"]: r["messages"][-1]["content"] for r in test}
+    fake_openai.chat_reply = lambda req: (answers.get(req["messages"][-1]["content"], "?") if req["model"].startswith("ft:")
+                                          else "Sorry, I cannot help with that.")
+    params = dict(base_url=fake_openai.base_url, n_train=n_train, n_test=n_test, seed=seed, poll_interval=0.01, val_frac=0.2,
+                  eval_limit=n_test, n_epochs=2, suffix="triage")
+    args = [x for k, v in params.items() for x in ("-p", k, json.dumps(v) if not isinstance(v, str) else v)]
+    rc, out, err = run_cli("run", "openai", *args, "--runs-dir", tmp_path, "--quiet")
+    assert rc == 0, err[-3000:]
+    run_dir = tmp_path/"openai"
+    m = _check_run_folder(run_dir, "finetune_openai.ipynb", params)
+    assert m["job"]["status"] == "succeeded" and ":triage:" in m["job"]["fine_tuned_model"]
+    assert m["job"]["hyperparameters"]["n_epochs"] == 2
+    assert m["headline"]["exact_match"] == {"base": 0.0, "fine_tuned": 1.0}
+    assert m["headline"]["json_valid"] == {"base": 0.0, "fine_tuned": 1.0}
+    assert fake_openai.count("POST", "/v1/files") == 2                    # train + validation (>= 10 examples)
+    assert len(fake_openai.chat_requests) == 2 * n_test
+    assert len(m["loss_history"]) == fake_openai.n_steps and (run_dir/"plots"/"training_metrics.png").exists()
+    assert "exact_match          base 0.000  →  fine-tuned 1.000" in out
+
+
+@pytest.mark.slow   # the one-line-error path is covered fast in test_cli; this checks it through a failing kernel
+def test_pipeline_failure_is_one_line(tmp_path, fake_openai):
+    fake_openai.fail("/v1/files", status=400, message="bad file")
+    rc, out, err = run_cli("run", "openai", "-p", "base_url", fake_openai.base_url, "-p", "n_train", "20", "-p", "n_test", "4",
+                           "--runs-dir", tmp_path, "--quiet")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "failed in cell" in err and "RemoteError" in err
+    assert (tmp_path/"openai"/"finetune_openai.ipynb").exists()          # the failed notebook is kept to look at
+
+
+def test_run_param_parsing_and_bad_pipeline(tmp_path):
+    assert run_cli("run", tmp_path/"nope.ipynb")[0] == 2
+    rc, out, err = run_cli("run", "local", "-p", "epochs")                # -p needs KEY VALUE
+    assert rc == 2
+
+
+@pytest.mark.slow
+def test_local_pipeline_reproducible(tmp_path, ux_base_model):
+    "Same parameters and seed on the same machine: the same loss history and the same metrics."
+    args = ["-p", "base_model", ux_base_model, "-p", "n_train", "32", "-p", "n_test", "4", "-p", "max_steps", "3",
+            "-p", "eval_limit", "4", "-p", "max_new_tokens", "8", "-p", "logging_steps", "1", "-p", "seed", "7"]
+    ms = []
+    for name in ("a", "b"):
+        rc, out, err = run_cli("run", "local", *args, "--name", name, "--runs-dir", tmp_path, "--quiet")
+        assert rc == 0, err[-2000:]
+        ms.append(json.loads((tmp_path/name/"metrics.json").read_text()))
+    assert ms[0]["headline"] == ms[1]["headline"]
+    assert [h.get("loss") for h in ms[0]["loss_history"]] == [h.get("loss") for h in ms[1]["loss_history"]]
