@@ -285,24 +285,33 @@ def eval_(
         if "." not in k: print(f"  {k:22s} base {b['base']['mean']:.3f}  →  fine-tuned {b['fine_tuned']['mean']:.3f}")
     return 0
 
-@command()
+@command(target=dict(flags=["--to"]), as_json=dict(flags=["--json"]))
 def migrate(
     job_id:str,                        # the OpenAI fine-tuning job to migrate, "ftjob-..."
-    target:str="finetune-nb/tiny",     # the local base model
-    base_url:str|None=None,            # the source API (default: OpenAI)
-    folder:str|None=None,              # migration folder (resumable)
+    target:str="finetune-nb/tiny",     # the local base model (--to): "finetune-nb/tiny", a Hugging Face id or a path
+    base_url:str|None=None,            # the source API (default: OpenAI, key from $OPENAI_API_KEY)
+    folder:str|None=None,              # migration folder; a re-run continues from it (default runs/migrate-JOB_ID)
+    method:METHOD|None=None,           # lora, qlora or full (default: lora; the tiny model's recipe for finetune-nb/tiny)
+    target_url:str|None=None,          # a finetune_nb server to train on and deploy to (default: train in-process)
+    alias:str|None=None,               # deploy the migrated model behind this alias on --target-url
+    eval_limit:int|None=None,          # evaluate on at most this many examples
+    judge_model:str|None=None,         # also compare with an LLM judge served by the source API
+    as_json:bool=False,                # print the result as JSON
 )->int:
-    "Move an OpenAI fine-tune to a local model: fetch its data, train, evaluate both, report a verdict."
+    "Move an OpenAI fine-tune to a local model: fetch its data, train, evaluate both, report a verdict; resumable."
     from finetune_nb.migrate import migrate as _migrate
     from finetune_nb.openai_ft import OpenAIFineTuner
-    kw = {"folder": folder} if folder else {}
+    kw = {k: v for k, v in dict(folder=folder, method=method, target_url=target_url, alias=alias, eval_limit=eval_limit,
+                                judge_model=judge_model).items() if v is not None}
     r = _migrate(job_id, OpenAIFineTuner(base_url=base_url), target, **kw)
-    print(f"verdict: {r.verdict} ({r.local_model} vs {r.source_model})\nreport: {r.report}")
+    if as_json: print(json.dumps({"verdict": r.verdict, "report": str(r.report), "source_model": r.source_model,
+                                "local_model": r.local_model, "alias": r.alias}))
+    else: print(f"verdict: {r.verdict} ({r.local_model} vs {r.source_model})\nreport: {r.report}")
     return 0
 
 # %% ../nbs/09_cli.ipynb #21c33567
 PIPELINES_DIR = Path(__file__).resolve().parent.parent/"nbs"/"pipelines" if "__file__" in globals() else Path("pipelines").resolve()
-PIPELINES = {"local": "finetune_local.ipynb", "openai": "finetune_openai.ipynb"}
+PIPELINES = {"local": "finetune_local.ipynb", "openai": "finetune_openai.ipynb", "migrate": "migrate.ipynb"}
 
 def env_info()->dict:
     "Python, platform, device and package versions: what a run needs to be reproduced."

@@ -33,7 +33,7 @@ def _default_device()->str:
 # %% ../nbs/05a_infer.ipynb #a8d4ccd9
 def load_model(
     name:str,                # model directory, cached hub name, or "finetune-nb/tiny"
-    adapter:str|Path|None=None, # optional peft adapter directory applied on top
+    adapter:str|Path|None=None, # optional peft adapter directory applied on top (a full fine-tuned model dir replaces `name`)
     device:str|None=None,    # "cpu", "cuda", "cuda:1"...; default: cuda when available
     load_in_4bit:bool=False, # NF4 4-bit weights via bitsandbytes (QLoRA-style inference)
 )->tuple:                    # (model, tokenizer), model in eval mode, tokenizer padding left
@@ -44,6 +44,9 @@ def load_model(
     device = device or _default_device()
     if adapter is not None:
         adapter = Path(adapter)
+        if not (adapter/"adapter_config.json").exists() and (adapter/"config.json").exists():
+            path, adapter = str(adapter), None   # a full fine-tune (LocalFineTuner method="full") replaces the base
+    if adapter is not None:
         if not (adapter/"adapter_config.json").exists():
             raise ModelLoadError(f"{adapter}: no adapter_config.json, so this is not a peft adapter directory",
                                  hint="pass the folder written by LocalFineTuner.save_adapter / PeftModel.save_pretrained")

@@ -188,3 +188,11 @@ def test_embedded_tiny_model_by_name():
     assert r.usage.prompt_tokens == len(c.tokenizer(build_prompt(c.tokenizer, msgs), add_special_tokens=False)["input_ids"])
     assert c.tokenizer.pad_token_id not in (c.tokenizer.eos_token_id, None)
     assert r.choices[0].message.content == generate_chat(c.model, c.tokenizer, [msgs], max_new_tokens=12)[0].text
+
+def test_full_finetune_dir_in_place_of_adapter(tiny_random_path):
+    "LocalFineTuner(method='full') writes a whole model; passing it where an adapter goes loads that model."
+    import torch
+    from finetune_nb.infer import load_model
+    m1, _ = load_model("finetune-nb/not-a-base", adapter=tiny_random_path, device="cpu")
+    m2, _ = load_model(tiny_random_path, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))

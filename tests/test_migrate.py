@@ -44,10 +44,15 @@ def test_migration_between_two_servers(start_server, demo_files, tmp_path):
     via_alias = c.chat.completions.create(model="support-triage", messages=q, max_tokens=40, temperature=0)
     direct = c.chat.completions.create(model=res.local_model, messages=q, max_tokens=40, temperature=0)
     assert res.local_model.startswith("ft:") and via_alias.choices[0].message.content == direct.choices[0].message.content
-    # a re-run pays nothing twice: no new job on the target, same verdict
+    # a re-run (here through the papermill pipeline, on the same folder) pays nothing twice: no new job, same verdict
+    from finetune_nb.cli import run_pipeline
     n_jobs = len(OpenAIFineTuner(base_url=local_srv.base_url).list_jobs())
-    again = migrate(job.job_id, src, target="finetune-nb/tiny", target_url=local_srv.base_url, alias="support-triage", folder=folder)
-    assert again.verdict == res.verdict and len(OpenAIFineTuner(base_url=local_srv.base_url).list_jobs()) == n_jobs
+    (tmp_path/"runs"/"mig").mkdir(parents=True); (tmp_path/"runs"/"mig"/"migration").symlink_to(folder)
+    run = run_pipeline("migrate", {"job_id": job.job_id, "source_base_url": openai_srv.base_url, "target_url": local_srv.base_url,
+                                   "alias": "support-triage"}, name="mig", runs_dir=tmp_path/"runs")
+    m = json.loads((run/"metrics.json").read_text())
+    assert m["verdict"] == res.verdict and m["local_model"] == res.local_model and (run/"migrate.ipynb").exists()
+    assert len(OpenAIFineTuner(base_url=local_srv.base_url).list_jobs()) == n_jobs
 
 def test_bad_inputs_stop_clearly_and_stay_resumable(start_server, demo_files, tmp_path):
     srv = start_server("openai")
@@ -75,3 +80,21 @@ def test_bad_inputs_stop_clearly_and_stay_resumable(start_server, demo_files, tm
     with pytest.raises(MigrationError, match="cannot be loaded"): bad.run()
     st = MigrationState(tmp_path/"d")
     assert st.done("source") and st.done("plan") and not st.done("train")
+
+def test_cli_migrate_unknown_job_is_one_clear_line(fake_openai, tmp_path):
+    from finetune_nb.cli import run_cli
+    rc, out, err = run_cli("migrate", "ftjob-nope", "--to", "finetune-nb/tiny", "--base-url", fake_openai.base_url, "--folder", str(tmp_path/"m"))
+    assert rc != 0 and "cannot read source job 'ftjob-nope'" in err
+    assert (tmp_path/"m").is_dir() and not (tmp_path/"m"/"state.json").exists()
+
+def test_hyperparameter_mapping_matches_the_server():
+    "What a migration plans is what a finetune_nb server trains when sent the same hyperparameters."
+    from finetune_nb.migrate import map_hyperparameters, _server_hyperparameters
+    from finetune_nb.serve import split_hyperparameters, make_training_configs
+    plan = {"method": "lora", "extra": {"max_length": 256}, "hyperparameters": map_hyperparameters(
+        {"n_epochs": 2, "batch_size": 24, "learning_rate_multiplier": 1.5}, n_train=300, method="lora")}
+    oa, local = split_hyperparameters(_server_hyperparameters(plan))
+    _, tc = make_training_configs(oa, local, seed=1)
+    hp = plan["hyperparameters"]
+    assert (tc.epochs, tc.batch_size * tc.grad_accum, tc.max_length, tc.method) == (2, 24, 256, "lora")
+    assert abs(tc.lr - hp["lr"]) < 1e-12 and abs(hp["lr"] - 2e-4 * 1.5) < 1e-12
