@@ -404,8 +404,7 @@ def demo(
     seed:int=0,             # data and split seed
     no_train:bool=False,    # stop after the pre-flight report and the split
     runs_dir:str="runs",    # where the pipeline run goes (`<runs-dir>/demo/`)
-    train_examples:int=400, # training examples used by the demo fine-tune (CPU-friendly)
-    eval_examples:int=40,   # held-out examples evaluated
+    eval_examples:int=100,  # held-out examples evaluated
 )->int:
     "Run the demo on the embedded tiny model: bundled data → validate → pre-flight report → split → fine-tune → evaluate."
     from finetune_nb import data
@@ -422,9 +421,13 @@ def demo(
     if not _tiny_available():
         print("\n(the fine-tuning step needs finetune_nb.tiny, the embedded model, which this version lacks)")
         return 0
-    print(f"\nfine-tuning the tiny model on {train_examples} examples (pipeline nbs/pipelines/finetune_local.ipynb) ...", flush=True)
-    run_dir = run_pipeline("local", dict(n_train=train_examples, n_test=eval_examples, eval_limit=eval_examples, seed=seed),
-                           name="demo", runs_dir=runs_dir)
+    from finetune_nb.demo import demo_recipe
+    r = demo_recipe()["training"]
+    print(f"\nfine-tuning the tiny model with the demo recipe ({r['method']}, {r['max_steps']} steps, lr {r['lr']}; "
+          f"pipeline nbs/pipelines/finetune_local.ipynb) ...", flush=True)
+    ps = dict(n_train=n_train, n_test=n_test, eval_limit=eval_examples, seed=seed, method=r["method"], lr=r["lr"], batch_size=r["batch_size"],
+              grad_accum=r["grad_accum"], max_steps=r["max_steps"], lr_scheduler=r["lr_scheduler"], warmup=r["warmup"], max_length=r["max_length"])
+    run_dir = run_pipeline("local", ps, name="demo", runs_dir=runs_dir)
     print("\n".join(headline_lines(run_dir)))
     return 0
 
