@@ -72,11 +72,7 @@ _RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConne
 
 def _norm(s:str)->str: return " ".join(re.sub(r"[^\w\s]", " ", s.casefold()).split())
 
-def _describe(e:Exception)->str:
-    if isinstance(e, openai.APIStatusError):
-        msg = e.body.get("message") if isinstance(e.body, dict) else None
-        return f"HTTP {e.status_code}: {msg or e.message}"
-    return f"{type(e).__name__}: {e}"
+from .openai_ft import _describe   # "HTTP 429: <OpenAI's message>" for SDK errors
 
 class DataAugmenter:
     "Paraphrase the user turns of chat examples with an LLM to make new training examples."
