@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install demo test test-fast test-slow lint-sync export clean-nbs readme docs browser bench help
+.PHONY: outputs install demo test test-fast test-slow lint-sync export clean-nbs readme docs browser bench help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -55,6 +55,10 @@ export: install  ## clean notebooks, export the library, regenerate README
 	$(VENV)/bin/nbdev_clean
 	$(VENV)/bin/nbdev_export
 	$(PY) tools/make_readme.py
+
+outputs: install  ## re-execute the module notebooks (fast cells) and save their outputs for the docs
+	$(PY) tools/run_notebook.py nbs/0*.ipynb nbs/1*.ipynb
+	$(VENV)/bin/nbdev_clean
 
 readme: install
 	$(PY) tools/make_readme.py
