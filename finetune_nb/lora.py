@@ -332,6 +332,16 @@ def resolve_model_path(name:str)->str:
         return str(name)
     return _resolve(str(name))
 
+def _destroy_process_group():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+
+def _clean_exit_when_distributed():
+    "Under `accelerate launch`/torchrun, tear the process group down at exit (live gloo threads abort the interpreter otherwise)."
+    import atexit, torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and not getattr(_clean_exit_when_distributed, "done", False):
+        atexit.register(_destroy_process_group); _clean_exit_when_distributed.done = True
+
 class LocalFineTuner:
     "Fine-tune a local causal LM with LoRA, QLoRA or in full, on chat data."
     def __init__(self,
@@ -440,6 +450,7 @@ class LocalFineTuner:
                           data_collator=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing),
                           processing_class=self.tokenizer, callbacks=[bridge])
         if not tc.progress: trainer.remove_callback(PrinterCallback)
+        _clean_exit_when_distributed()   # the Trainer has joined the process group by now
         cfg = self.model.config
         use_cache, cfg.use_cache = getattr(cfg, "use_cache", None), False   # a KV cache would disable packed-sequence masks
         t0 = time.perf_counter()

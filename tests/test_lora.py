@@ -220,6 +220,8 @@ ft = LocalFineTuner({toy_model_dir!r}, LoRAConfig(target_modules="all-linear"),
                     TrainingConfig(max_steps=3, batch_size=4, grad_accum=1, lr=1e-2, logging_steps=1, progress=False, save_steps=None),
                     output_dir={str(tmp_path/'out')!r})
 res = ft.train(toy_split()[0])
+from finetune_nb.lora import _clean_exit_when_distributed
+assert dist.is_initialized() and _clean_exit_when_distributed.done  # the process group is torn down at exit
 info = dict(rank=dist.get_rank(), world=dist.get_world_size(), backend=dist.get_backend(), steps=res.steps,
             loss=res.final_loss, tokens=res.train_tokens)
 json.dump(info, open(os.path.join({str(tmp_path)!r}, f"rank{{info['rank']}}.json"), "w"))
