@@ -123,7 +123,7 @@ def test_demo_recipe_fits_the_trainer_configs():
 
 @pytest.mark.slow
 def test_demo_recipe_on_tiny(tiny_model_path):
-    "The demo recipe through LocalFineTuner: the JSON format is learned (base model: none); see demo_recipe()['measured']."
+    "The demo recipe through LocalFineTuner meets the issue's target: valid JSON >= 95%, exact >= 70%, base <= 10%."
     import torch
     from finetune_nb.lora import LocalFineTuner, TrainingConfig, LoRAConfig
     from finetune_nb.infer import generate_chat
@@ -144,5 +144,5 @@ def test_demo_recipe_on_tiny(tiny_model_path):
     valid, exact = score(ft.model)
     assert base_valid <= 0.10 and base_exact <= 0.10
     assert valid >= 0.95
-    assert exact > base_exact
+    assert exact >= 0.70, f"exact match {exact} (recipe measured {r['measured']['fine_tuned']['exact']})"
     assert res.final_loss < res.loss_history[0]["loss"] / 3
