@@ -6,21 +6,13 @@ The fake (tests/fake_openai.py) runs in a separate process so the server's CPU w
 client's GIL. Both runs use the same `DataAugmenter` and the real openai SDK over HTTP; only `concurrency`
 differs (1 = one request at a time). Last line: `speedup=S concurrency=C`.
 """
-import argparse, asyncio, os, subprocess, sys, time
-from pathlib import Path
+import argparse, asyncio, os, time
 
 import openai
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ticket_examples, fake_openai, print_speedup
 from finetune_nb.augment import DataAugmenter  # noqa: E402
 from finetune_nb import data as fdata  # noqa: E402
-
-
-def examples(n):
-    return [{"messages": [{"role": "system", "content": "Classify the support ticket as JSON."},
-                          {"role": "user", "content": f"Ticket {i}: I was charged twice for order #{1000+i}."},
-                          {"role": "assistant", "content": '{"category": "billing", "priority": "high"}'}]} for i in range(n)]
 
 
 def proc_cpu(pid):
@@ -47,11 +39,8 @@ def main():
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--variations", type=int, default=3)
     a = ap.parse_args()
-    proc = subprocess.Popen([sys.executable, str(ROOT/"tests"/"fake_openai.py"), "--latency", str(a.latency), "--reply", "paraphrase"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        base_url = proc.stdout.readline().strip()
-        data = examples(a.n)
+    with fake_openai(a.latency, "--reply", "paraphrase") as (base_url, proc):
+        data = ticket_examples(a.n, '{"category": "billing", "priority": "high"}')
         fdata.validate_records(data[:1], min_examples=0)        # load the tokenizer once, outside the timings
         timed(base_url, data[:4], 4, a.variations)              # warm up connections and imports
         rows = []
@@ -61,16 +50,12 @@ def main():
             cpu, srv = time.process_time() - cpu0, proc_cpu(proc.pid) - srv0
             assert res.ok and len(res.records) == a.n * a.variations, res
             rows.append((c, res.requests, secs, cpu, srv))
-    finally:
-        proc.terminate(); proc.wait(10)
     print(f"DataAugmenter against a loopback fake, {a.latency*1000:.0f} ms latency per request, {a.n} examples x {a.variations} variations")
     print(f"{'mode':<12}{'concurrency':>12}{'requests':>10}{'seconds':>10}{'req/s':>9}{'client cpu ms/req':>19}{'server cpu ms/req':>19}")
     for c, n, s, cpu, srv in rows:
         print(f"{'sequential' if c == 1 else 'concurrent':<12}{c:>12}{n:>10}{s:>10.2f}{n/s:>9.1f}{cpu/n*1000:>19.1f}{srv/n*1000:>19.1f}")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (other processes compete for the same cores)")
-    speedup = rows[0][2] / rows[1][2]
-    print(f"ideal speedup {min(a.concurrency, a.n):.0f}x; measured {speedup:.1f}x")
-    print(f"speedup={speedup:.1f} concurrency={a.concurrency}")
+    print_speedup(rows[0][2] / rows[1][2], min(a.concurrency, a.n), a.concurrency)
 
 
 if __name__ == "__main__":

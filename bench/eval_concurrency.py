@@ -8,20 +8,12 @@ runs with `concurrency=1` (one request at a time) and `concurrency=16`, with the
 client (one warmed-up client per kind; sequential timed once, concurrent the median of 3 runs).
 Last line: `speedup=S concurrency=C` (S for the async client).
 """
-import argparse, statistics, subprocess, sys, time
-from pathlib import Path
+import argparse, statistics, time
 
 import openai
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ticket_examples, fake_openai, print_speedup
 from finetune_nb.evaluate import FineTuneEvaluator  # noqa: E402
-
-
-def examples(n):
-    return [{"messages": [{"role": "system", "content": "Classify the support ticket as JSON."},
-                          {"role": "user", "content": f"Ticket {i}: I was charged twice for order #{1000+i}."},
-                          {"role": "assistant", "content": "ok"}]} for i in range(n)]
 
 
 def timed(client, data, concurrency):
@@ -37,26 +29,21 @@ def main():
     ap.add_argument("--latency", type=float, default=0.1, help="seconds the fake waits per request")
     ap.add_argument("--concurrency", type=int, default=16)
     a = ap.parse_args()
-    proc = subprocess.Popen([sys.executable, str(ROOT/"tests"/"fake_openai.py"), "--latency", str(a.latency)], stdout=subprocess.PIPE, text=True)
-    try:
-        base_url = proc.stdout.readline().strip()
-        data = examples(a.n)
+    with fake_openai(a.latency) as (base_url, _):
+        data = ticket_examples(a.n, "ok")
         rows = []
         for kind, cls in (("async", openai.AsyncOpenAI), ("sync", openai.OpenAI)):
             client = cls(base_url=base_url, api_key="sk-bench", max_retries=0)
             timed(client, data[:a.concurrency], a.concurrency)                  # warm up imports and the connection pool
             rows.append((kind, 1, timed(client, data, 1)))
             rows.append((kind, a.concurrency, statistics.median(timed(client, data, a.concurrency) for _ in range(3))))
-    finally:
-        proc.terminate(); proc.wait(10)
     print(f"FineTuneEvaluator against a loopback fake, {a.latency*1000:.0f} ms per request, {a.n} examples x 2 models = {2*a.n} requests")
     print(f"{'client':<8}{'mode':<12}{'concurrency':>12}{'seconds':>10}{'req/s':>9}{'speedup':>9}")
     for kind, c, s in rows:
         seq = next(x[2] for x in rows if x[0] == kind and x[1] == 1)
         print(f"{kind:<8}{'sequential' if c == 1 else 'concurrent':<12}{c:>12}{s:>10.2f}{2*a.n/s:>9.1f}{seq/s:>8.1f}x")
-    speedup = rows[0][2] / rows[1][2]
-    print(f"ideal speedup {min(a.concurrency, 2*a.n):.0f}x; measured {speedup:.1f}x (async client), {rows[2][2]/rows[3][2]:.1f}x (sync client)")
-    print(f"speedup={speedup:.1f} concurrency={a.concurrency}")
+    print_speedup(rows[0][2] / rows[1][2], min(a.concurrency, 2*a.n), a.concurrency,
+                  f" (async client), {rows[2][2]/rows[3][2]:.1f}x (sync client)")
 
 
 if __name__ == "__main__":

@@ -554,6 +554,10 @@ def _pairs(results:list[Comparison], metric:str)->tuple[np.ndarray, np.ndarray]:
     ok = [c for c in results if c.ok]
     return np.array([get(c.base) for c in ok], float), np.array([get(c.fine_tuned) for c in ok], float)
 
+def _span(b:np.ndarray, f:np.ndarray)->tuple[float, float]:
+    "The axis range for scores `b` and `f`: [0, 1], widened to any score outside it."
+    return min(0, np.nanmin(b, initial=0), np.nanmin(f, initial=0)), max(1, np.nanmax(b, initial=1), np.nanmax(f, initial=1))
+
 def plot_score_distributions(
     results:list[Comparison],     # from `evaluate_dataset`
     metric:str="overall",         # "overall" or a metric name
@@ -563,7 +567,7 @@ def plot_score_distributions(
     plt = _plt()
     b, f = _pairs(results, metric)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(min(0, np.nanmin(b, initial=0), np.nanmin(f, initial=0)), max(1, np.nanmax(b, initial=1), np.nanmax(f, initial=1)), 21)
+    bins = np.linspace(*_span(b, f), 21)
     ax.hist(b, bins=bins, alpha=0.6, label="base"); ax.hist(f, bins=bins, alpha=0.6, label="fine-tuned")
     ax.set_xlabel(metric); ax.set_ylabel("examples"); ax.set_title(f"Distribution of {metric}"); ax.legend()
     return _finish(fig, path)
@@ -580,7 +584,7 @@ def plot_scatter(
     jb, jf = b + rng.uniform(-0.015, 0.015, len(b)), f + rng.uniform(-0.015, 0.015, len(f))
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(jb, jf, s=14, alpha=0.6, c=np.sign(f-b), cmap="coolwarm_r", vmin=-1, vmax=1)
-    lo, hi = min(0, np.nanmin(b, initial=0), np.nanmin(f, initial=0)), max(1, np.nanmax(b, initial=1), np.nanmax(f, initial=1))
+    lo, hi = _span(b, f)
     ax.plot([lo, hi], [lo, hi], "k--", lw=1); ax.set_xlabel(f"base {metric}"); ax.set_ylabel(f"fine-tuned {metric}")
     ax.set_title(f"{int((f > b).sum())} better, {int((f == b).sum())} same, {int((f < b).sum())} worse")
     return _finish(fig, path)

@@ -208,20 +208,24 @@ def create_job(self:OpenAIFineTuner,
     return FineTuneJob.from_openai(j)
 
 @patch
+def _job_op(self:OpenAIFineTuner, op:Callable, job_id, verb:str)->FineTuneJob:
+    "Call `op(job_id)` (retrieve, cancel, ...) with our retries and errors; the job it returns."
+    job_id = str(job_id)
+    return FineTuneJob.from_openai(self._call(op, job_id, what=f"{verb} job {job_id}"))
+
+@patch
 def get_job_status(self:OpenAIFineTuner,
     job_id:str|FineTuneJob,             # "ftjob-..." or a `FineTuneJob`
 )->FineTuneJob:
     "The job as it is now."
-    job_id = str(job_id)
-    return FineTuneJob.from_openai(self._call(self.client.fine_tuning.jobs.retrieve, job_id, what=f"retrieving job {job_id}"))
+    return self._job_op(self.client.fine_tuning.jobs.retrieve, job_id, "retrieving")
 
 @patch
 def cancel_job(self:OpenAIFineTuner,
     job_id:str|FineTuneJob,             # "ftjob-..." or a `FineTuneJob`
 )->FineTuneJob:
     "Cancel a job that has not finished."
-    job_id = str(job_id)
-    return FineTuneJob.from_openai(self._call(self.client.fine_tuning.jobs.cancel, job_id, what=f"cancelling job {job_id}"))
+    return self._job_op(self.client.fine_tuning.jobs.cancel, job_id, "cancelling")
 
 # %% ../nbs/03_openai.ipynb #0045f07f
 @patch
