@@ -344,6 +344,14 @@ def pipeline_path(
     if not p.is_file(): raise UsageError(f"no pipeline {pipeline!r} ({p} not found)", hint=f"use one of {', '.join(PIPELINES)} or a notebook path")
     return p
 
+def _kernel_manager():
+    "A kernel manager on local (IPC) sockets where the OS has them: nothing listens on TCP, and ipykernel has no plain-text warning to print."
+    if os.name != "posix": return {}
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+    class IPCKernelManager(AsyncKernelManager): transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+    return {"kernel_manager_class": IPCKernelManager}
+
 def run_pipeline(
     pipeline:str,              # "local", "openai", or a notebook path
     params:dict|None=None,     # notebook parameters (the `parameters` cell's names)
@@ -360,7 +368,7 @@ def run_pipeline(
     ps = {**(params or {}), "name": name, "runs_dir": str(Path(runs_dir).resolve())}
     out = run_dir/nb.name
     try: pm.execute_notebook(str(nb), str(out), parameters=ps, kernel_name="python3", progress_bar=False,
-                             log_output=log_output, cwd=str(Path.cwd()))
+                             log_output=log_output, cwd=str(Path.cwd()), **_kernel_manager())
     except pm.PapermillExecutionError as e:
         raise FinetuneNBError(f"pipeline {nb.name} failed in cell {e.exec_count}: {e.ename}: {' '.join(str(e.evalue).split())[:300]}",
                               hint=f"open {out} to see the failing cell") from None

@@ -40,7 +40,7 @@ def test_local_pipeline(tmp_path, ux_base_model):
     assert f"report:  {run_dir/'report.md'}" in out and "overall" in out
 
 
-def test_openai_pipeline_against_loopback(tmp_path, fake_openai):
+def test_openai_pipeline_against_loopback(tmp_path, fake_openai, capfd):
     "The fine-tuned model (per the fake) answers every test ticket right, the base never does."
     from finetune_nb.demo import make_demo_data
     n_train, n_test, seed = 60, 8, 5
@@ -63,6 +63,7 @@ def test_openai_pipeline_against_loopback(tmp_path, fake_openai):
     assert len(fake_openai.chat_requests) == 2 * n_test
     assert len(m["loss_history"]) == fake_openai.n_steps and (run_dir/"plots"/"training_metrics.png").exists()
     assert "exact_match          base 0.000  →  fine-tuned 1.000" in out
+    assert "without encryption" not in capfd.readouterr().err   # the kernel listens on local sockets, not plain TCP
 
 
 @pytest.mark.slow   # the one-line-error path is covered fast in test_cli; this checks it through a failing kernel
