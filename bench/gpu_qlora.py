@@ -4,8 +4,11 @@ On a GPU it builds a ~0.5B-parameter Llama (hidden 1536, 16 layers, GQA, vocab 3
 trains LoRA (all linear layers, r=16) on the 4-bit NF4 base for a few dozen steps. With `--tiny`, or when there is no
 GPU, it runs the same code on a tiny config (a smoke test; the CPU figures mean little).
 
-MFU uses the usual model-FLOPs count, 6·N + 12·L·H·T per trained token (N params, L layers, H hidden, T sequence), over
-the peak dense bf16 FLOP/s of the GPU (table below; measured with a large matmul for unknown devices and on CPU).
+MFU counts the model FLOPs QLoRA really needs per trained token: 4·N_frozen (forward + activation gradients through the
+frozen base; no weight gradients) + 6·N_lora + 12·L·H·T for attention (N without the input embedding, which is a lookup;
+L layers, H hidden, T sequence), over the peak dense bf16 FLOP/s of the GPU (table below, SXM figures unless the name says
+PCIe/NVL; measured with a large matmul for unknown devices and on CPU). Examples all have the same length, so batches are
+plainly padded (`packing=False`): there is nothing to pad, and SDPA on packed rows would pay quadratic attention.
 
     python bench/gpu_qlora.py            # GPU: ~0.5B model
     python bench/gpu_qlora.py --tiny     # any machine, seconds
@@ -17,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12, "RTX 4090": 165e12}
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12, "RTX 4090": 165e12}
 
 def build_model(d:Path, cfg:dict, device:str)->int:
     "Write a tokenizer (byte-level BPE with chat template) and a random-init Llama; returns its parameter count."
@@ -90,23 +93,26 @@ def main(argv=None):
         n_params = build_model(d, cfg, device)
         recs = make_records(steps * batch, words=max(8, seq - 8))      # ~1 token per word with this tokenizer
         ft = LocalFineTuner(str(d), LoRAConfig(r=16, alpha=32, target_modules="all-linear"),
-                            TrainingConfig(method="qlora", max_steps=steps, batch_size=batch, grad_accum=1, lr=1e-4, packing=True,
+                            TrainingConfig(method="qlora", max_steps=steps, batch_size=batch, grad_accum=1, lr=1e-4, packing=False,
                                            max_length=seq, logging_steps=max(1, steps // 4), save_steps=None, progress=False,
                                            gradient_checkpointing=a.gradient_checkpointing),
                             output_dir=Path(tmp)/"run")
         if device == "cuda": torch.cuda.reset_peak_memory_stats()
         res = ft.train(recs)
+        n_lora = sum(p.numel() for p in ft.model.parameters() if p.requires_grad)
         peak_gb = (torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+        reserved_gb = torch.cuda.max_memory_reserved() / 2**30 if device == "cuda" else None
     tok_s = res.train_tokens / res.seconds
     T = res.train_tokens / max(1, len(recs))
-    flops_per_tok = 6 * n_params + 12 * cfg["layers"] * cfg["hidden"] * T
+    n_frozen = n_params - cfg["vocab"] * cfg["hidden"]            # without the input embedding (a lookup, not a matmul)
+    flops_per_tok = 4 * n_frozen + 6 * n_lora + 12 * cfg["layers"] * cfg["hidden"] * T
     peak, how = peak_flops(device)
     mfu = tok_s * flops_per_tok / peak
-    rows = [("device", torch.cuda.get_device_name() if device == "cuda" else "cpu"), ("params", f"{n_params/1e6:.1f}M"),
+    rows = [("device", torch.cuda.get_device_name() if device == "cuda" else "cpu"), ("params", f"{n_params/1e6:.1f}M (LoRA {n_lora/1e6:.2f}M trained)"),
             ("config", json.dumps(cfg)), ("steps x batch x ~tokens", f"{res.steps} x {batch} x {T:.0f}"),
             ("trained tokens", res.train_tokens), ("seconds", f"{res.seconds:.1f}"), ("tokens/s", f"{tok_s:,.0f}"),
-            ("peak memory", f"{peak_gb:.2f} GiB" + ("" if device == "cuda" else " (process max RSS)")),
-            ("peak FLOP/s", f"{peak/1e9:,.0f} GFLOP/s ({how})"), ("MFU (6N+12LHT)", f"{mfu:.3f}"),
+            ("peak memory", f"{peak_gb:.2f} GiB allocated, {reserved_gb:.2f} GiB reserved" if device == "cuda" else f"{peak_gb:.2f} GiB (process max RSS)"),
+            ("peak FLOP/s", f"{peak/1e9:,.0f} GFLOP/s ({how})"), ("MFU (4N_frozen+6N_lora+12LHT)", f"{mfu:.3f}"),
             ("loss first -> last", f"{res.loss_history[0]['loss']:.3f} -> {res.final_loss:.3f}")]
     w = max(len(k) for k, _ in rows)
     print("QLoRA on a random-init Llama" + (" (tiny config)" if tiny else ""))

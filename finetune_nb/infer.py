@@ -31,6 +31,11 @@ def _default_device()->str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 # %% ../nbs/05a_infer.ipynb #a8d4ccd9
+def _gpu_half_dtype():
+    "bf16 where the GPU computes it natively (Ampere or newer), else fp16 (emulated bf16 is slower)."
+    import torch
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
 def load_model(
     name:str,                # model directory, cached hub name, or "finetune-nb/tiny"
     adapter:str|Path|None=None, # optional peft adapter directory applied on top (a full fine-tuned model dir replaces `name`)
@@ -61,7 +66,7 @@ def load_model(
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32 if device=="cpu" else torch.bfloat16)
+            bnb_4bit_compute_dtype=torch.float32 if device=="cpu" else _gpu_half_dtype())
         kw["device_map"] = device
     else: kw["dtype"] = torch.float32 if device=="cpu" else "auto"
     try:

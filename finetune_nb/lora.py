@@ -17,9 +17,9 @@ from .core import (ConfigError, DataError, ModelLoadError, TrainingError, atomic
 log = get_logger("finetune_nb.lora")
 
 # %% auto #0
-__all__ = ['log', 'METHODS', 'PRECISIONS', 'LoRAConfig', 'default_device', 'TrainingConfig', 'has_generation_markers',
-           'ensure_pad_token', 'tokenize_conversation', 'tokenize_dataset', 'ChatCollator', 'TrainResult',
-           'resolve_model_path', 'LocalFineTuner']
+__all__ = ['log', 'METHODS', 'PRECISIONS', 'COMPUTE_DTYPES', 'LoRAConfig', 'cuda_bf16_supported', 'default_device',
+           'TrainingConfig', 'has_generation_markers', 'ensure_pad_token', 'tokenize_conversation', 'tokenize_dataset',
+           'ChatCollator', 'TrainResult', 'resolve_model_path', 'LocalFineTuner']
 
 # %% ../nbs/04_lora.ipynb #3a5dddb8
 @dataclass
@@ -48,6 +48,12 @@ class LoRAConfig:
 # %% ../nbs/04_lora.ipynb #5c9b75f1
 METHODS = ("lora", "qlora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+def cuda_bf16_supported()->bool:
+    "Whether the GPU computes in bf16 natively (Ampere or newer); emulated bf16 on older GPUs is slower than fp16."
+    import torch
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 def default_device()->str:
     "`cuda` when a GPU is visible, else `cpu`."
@@ -94,6 +100,15 @@ class TrainingConfig:
         for k in ("batch_size", "grad_accum", "max_length", "logging_steps"):
             if getattr(self, k) < 1: raise ConfigError(f"TrainingConfig.{k}={getattr(self, k)}", hint="use a positive integer")
         if self.lr <= 0: raise ConfigError(f"TrainingConfig.lr={self.lr}", hint="use a positive learning rate, e.g. 2e-4")
+        if not self.epochs > 0: raise ConfigError(f"TrainingConfig.epochs={self.epochs}", hint="use a positive number of passes, e.g. 3")
+        for k in ("max_steps", "eval_steps", "save_steps", "save_total_limit", "eval_batch_size"):
+            v = getattr(self, k)
+            if v is not None and v < 1: raise ConfigError(f"TrainingConfig.{k}={v}", hint="use a positive integer, or None for the default")
+        if self.warmup < 0: raise ConfigError(f"TrainingConfig.warmup={self.warmup}", hint="use a fraction of the steps (< 1) or a number of steps (>= 1)")
+        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"TrainingConfig.bnb_4bit_quant_type={self.bnb_4bit_quant_type!r}", hint='use "nf4" (QLoRA\'s choice) or "fp4"')
+        if self.bnb_4bit_compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"TrainingConfig.bnb_4bit_compute_dtype={self.bnb_4bit_compute_dtype!r}", hint=f"use one of {COMPUTE_DTYPES}")
 
     def resolve_precision(self,
         device:str|None=None, # "cpu" or "cuda..."; default: what is available
@@ -105,8 +120,11 @@ class TrainingConfig:
             if self.precision == "fp16":
                 raise ConfigError("precision='fp16' does not train on the CPU (no fp16 kernels or gradient scaling there)",
                                   hint="use precision='fp32' (the CPU default) or 'bf16', or train on a CUDA GPU")
+            if self.load_in_4bit and self.bnb_4bit_compute_dtype == "float16":
+                raise ConfigError("bnb_4bit_compute_dtype='float16' does not run on the CPU",
+                                  hint="use 'auto' or 'float32' (the CPU default) or 'bfloat16', or train on a CUDA GPU")
             return "fp32" if self.precision == "auto" else self.precision
-        bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        bf16_ok = cuda_bf16_supported()
         if self.precision == "auto": return "bf16" if bf16_ok else "fp16"
         if self.precision == "bf16" and not bf16_ok:
             raise ConfigError("precision='bf16' is not supported by this GPU", hint="use precision='fp16' or 'auto'")
@@ -211,6 +229,7 @@ def _tokenize(tokenizer, messages, max_length:int)->tuple[dict, int]:
     labels = [-100] * len(ids)
     for k, ((s, e), m) in enumerate(zip(spans, asst)):
         if not _trained(m) or e <= s: continue
+        if eos in ids[s:e]: e = s + ids[s:e].index(eos) + 1   # the turn ends at its EOS: what a template adds after it (a "\n") is context
         if eos not in ids[s:e] and e < len(ids) and ids[e] == eos: e += 1   # the EOS that closes the turn is trained too
         labels[s:e] = ids[s:e]
         if k == len(asst)-1 and msgs[-1] is m and eos not in ids[s:e]:   # the template never emits EOS: teach it anyway
@@ -302,6 +321,14 @@ class TrainResult:
     data_report:dict=field(default_factory=dict) # what tokenize_dataset kept, cut and skipped
     def to_dict(self)->dict: return asdict(self)
 
+def _any_rank(flag:bool, device)->bool:
+    "`flag` or-ed over all processes when distributed (so every rank stops at the same step), else `flag`."
+    import torch, torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
 def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Event|None):
     "A `TrainerCallback` that forwards logs to `history` and plain callables, and honours `stop_event`."
     from transformers import TrainerCallback
@@ -319,7 +346,8 @@ def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Ev
                 try: cb(dict(rec))
                 except Exception as e: log.warning("training callback %r failed: %s", cb, e)
         def on_step_end(self, args, state, control, **kw):
-            if stop_event is not None and stop_event.is_set():
+            if state.max_steps and state.global_step >= state.max_steps: control.should_log = True   # final_loss is the last step's window
+            if stop_event is not None and _any_rank(stop_event.is_set(), args.device):
                 self.stopped = control.should_training_stop = control.should_save = True
     return Bridge()
 
@@ -341,6 +369,22 @@ def _clean_exit_when_distributed():
     import atexit, torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and not getattr(_clean_exit_when_distributed, "done", False):
         atexit.register(_destroy_process_group); _clean_exit_when_distributed.done = True
+
+def _packed_attention()->str:
+    "The attention implementation for padding-free batches on a GPU: flash-attention (varlen, linear in the packed row) when installed."
+    from transformers.utils import is_flash_attn_2_available
+    if is_flash_attn_2_available(): return "flash_attention_2"
+    log.warning("packing=True on a GPU without flash-attn: SDPA masks each packed row block-diagonally, so attention cost grows "
+                "with the square of the packed row; install flash-attn, or use packing=False (dynamic padding)")
+    return "sdpa"
+
+def _trainable_in_fp32(model)->int:
+    "Upcast trainable half-precision parameters (e.g. `modules_to_save` copies on a bf16/fp16 base) to fp32; returns how many."
+    import torch
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16): p.data, n = p.data.float(), n+1
+    return n
 
 class LocalFineTuner:
     "Fine-tune a local causal LM with LoRA, QLoRA or in full, on chat data."
@@ -381,7 +425,10 @@ class LocalFineTuner:
             kw["dtype"] = tc.compute_dtype()
         elif self.method != "full" and dev == "cuda": kw["dtype"] = tc.compute_dtype()   # frozen base in the compute dtype
         else: kw["dtype"] = torch.float32
-        try: model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        if self.training_config.packing and dev == "cuda": kw["attn_implementation"] = _packed_attention()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kw)
+            if not quantize and dev == "cuda": model = model.to(PartialState().device)   # this process's GPU (one per rank under accelerate)
         except Exception as e:
             raise ModelLoadError(f"could not load model weights for {self.base_model!r} ({path}): {e}",
                                  hint="the model must be a local directory or cached hub name with *.safetensors weights") from e
@@ -401,7 +448,9 @@ class LocalFineTuner:
         if tc.load_in_4bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tc.gradient_checkpointing,
                                                     gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.method != "full": model = get_peft_model(model, self.lora_config.to_peft())
+        if self.method != "full":
+            model = get_peft_model(model, self.lora_config.to_peft())
+            _trainable_in_fp32(model)
         self.model, self.tokenizer = model, tok
         return self
 
@@ -520,9 +569,9 @@ def load_adapter(self:LocalFineTuner,
 @patch
 def merge_and_save(self:LocalFineTuner,
     dir:str|Path,              # destination: a plain transformers model folder (safetensors)
-    dtype=None,                # torch dtype of the saved weights (default float32)
+    dtype=None,                # torch dtype of the saved weights (default: the base model's saved dtype)
 )->Path:
-    "Merge the adapter into the full-precision base and save a model that loads without peft."
+    "Merge the adapter into the base (reloaded unquantized) and save a model that loads without peft."
     dir = Path(dir)
     if self.method == "full": return self.save_adapter(dir)
     if self.model is None: raise TrainingError("nothing to merge: no model loaded", hint="call .train() or .load_adapter() first")
@@ -532,7 +581,7 @@ def merge_and_save(self:LocalFineTuner,
     with tempfile.TemporaryDirectory() as tmp:
         self.model.save_pretrained(tmp)
         path = resolve_model_path(self.base_model)
-        base = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True, dtype=dtype or torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True, dtype=dtype or "auto")
         if base.get_input_embeddings().weight.shape[0] < len(self.tokenizer): base.resize_token_embeddings(len(self.tokenizer))
         merged = PeftModel.from_pretrained(base, tmp).merge_and_unload()
     merged.config.pad_token_id = self.tokenizer.pad_token_id

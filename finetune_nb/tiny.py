@@ -126,7 +126,7 @@ def _build(out_dir:Path, spec:TinySpec, progress:bool)->dict:
             args = TrainingArguments(output_dir=tmp, max_steps=spec.pretrain_steps, per_device_train_batch_size=spec.batch_size,
                 learning_rate=spec.learning_rate, lr_scheduler_type="cosine", warmup_steps=min(10, spec.pretrain_steps//10),
                 weight_decay=0.0, logging_steps=max(1, spec.pretrain_steps//10), save_strategy="no", report_to="none",
-                seed=spec.seed, data_seed=spec.seed, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+                seed=spec.seed, data_seed=spec.seed, use_cpu=True, dataloader_num_workers=0,
                 disable_tqdm=not progress, log_level="warning")
             trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
             trainer.train()

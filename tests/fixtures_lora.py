@@ -8,8 +8,9 @@ TOY_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assis
                 "{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}\n"
                 "{% else %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endif %}{% endfor %}"
                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-# the same rendering without {% generation %} markers (so the mask must come from offsets)
-TOY_TEMPLATE_PLAIN = TOY_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}\n", "")
+# the same rendering without {% generation %} markers (so the mask must come from offsets); like ChatML's
+# "<|im_end|>\n", a newline follows the EOS, and it must not be trained
+TOY_TEMPLATE_PLAIN = TOY_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 
 COLORS = "red green blue big small old new dark".split()
 THINGS = "cat dog car tree house boat bird lamp".split()

@@ -110,6 +110,55 @@ def test_fp16_on_cpu_is_a_clear_config_error(toy_model_dir, monkeypatch):
     assert TrainingConfig(precision="bf16").resolve_precision("cpu") == "bf16"
     with pytest.raises(ConfigError, match="method"): TrainingConfig(method="full", load_in_4bit=True)
 
+def test_config_defaults_are_the_familiar_ones():
+    lc, tc = LoRAConfig(), TrainingConfig()
+    assert (lc.r, lc.alpha, lc.dropout, list(lc.target_modules), lc.use_dora) == (8, 16, 0.05, ["q_proj", "v_proj"], False)
+    assert (tc.method, tc.epochs, tc.batch_size, tc.lr, tc.max_length, tc.grad_accum) == ("lora", 3, 4, 2e-4, 512, 4)
+    assert 0 < tc.warmup < 1 and not tc.packing and not tc.gradient_checkpointing and not tc.load_in_4bit
+    assert (tc.bnb_4bit_quant_type, tc.bnb_4bit_use_double_quant) == ("nf4", True)
+    p = LoRAConfig(r=4, alpha=32, dropout=0.1, target_modules="all-linear", use_dora=True).to_peft()
+    assert (p.r, p.lora_alpha, p.lora_dropout, p.target_modules, p.use_dora) == (4, 32, 0.1, "all-linear", True)
+
+@pytest.mark.parametrize("kw", [dict(bnb_4bit_compute_dtype="bf16"), dict(bnb_4bit_quant_type="int4"), dict(max_steps=0),
+                                dict(epochs=0), dict(warmup=-1), dict(eval_steps=0), dict(save_steps=0)])
+def test_bad_config_is_a_clear_error(kw):
+    with pytest.raises(ConfigError, match=f"TrainingConfig.{next(iter(kw))}=") as e: TrainingConfig(**kw)
+    assert "hint:" in str(e.value)
+
+def test_fp16_compute_dtype_on_cpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="float16.*CPU"):
+        TrainingConfig(method="qlora", bnb_4bit_compute_dtype="float16").resolve_precision("cpu")
+
+@pytest.mark.parametrize("native,expect", [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_a_gpu(monkeypatch, native, expect):
+    "Ampere and newer compute bf16 natively; older GPUs (T4, V100) only emulate it, so auto picks fp16 there."
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    tc = TrainingConfig(method="qlora")
+    assert tc.resolve_precision("cuda") == expect
+    assert tc.compute_dtype("cuda") == {"bf16": torch.bfloat16, "fp16": torch.float16}[expect]
+    assert tc.resolve_precision("cpu") == "fp32" and tc.compute_dtype("cpu") == torch.float32
+    if not native:
+        with pytest.raises(ConfigError, match="bf16"): TrainingConfig(precision="bf16").resolve_precision("cuda")
+
+def test_trainable_weights_stay_fp32_on_a_half_precision_base(toy_model_dir):
+    "peft upcasts adapters but not `modules_to_save` copies; fp16 AMP cannot unscale fp16 gradients, bf16 AdamW loses updates."
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from finetune_nb.lora import _trainable_in_fp32
+    m = AutoModelForCausalLM.from_pretrained(toy_model_dir, dtype=torch.bfloat16)
+    m = get_peft_model(m, LoRAConfig(modules_to_save=["lm_head"]).to_peft())
+    assert any(p.requires_grad and p.dtype == torch.bfloat16 for p in m.parameters())
+    assert _trainable_in_fp32(m) > 0
+    assert all(p.dtype == torch.float32 for p in m.parameters() if p.requires_grad)
+    assert any(p.dtype == torch.bfloat16 for p in m.parameters() if not p.requires_grad)   # the frozen base is left alone
+
+def test_final_step_is_logged(toy_model_dir, toy_task, tmp_path):
+    "final_loss is the loss of the last steps, even when the step count is not a multiple of logging_steps."
+    res = LocalFineTuner(toy_model_dir, training_config=_cfg(max_steps=7, logging_steps=5), output_dir=tmp_path).train(toy_task[0])
+    assert [h["step"] for h in res.loss_history if "loss" in h] == [5, 7]
+    assert res.final_loss == res.loss_history[-1]["loss"]
+
 def test_padding_free_matches_padded_loss(toy_model_dir, toy_task):
     from transformers import AutoModelForCausalLM
     tok = _tok(toy_model_dir)
@@ -168,6 +217,9 @@ def test_qlora_on_cpu(toy_model_dir, toy_task, tmp_path):
     ft = LocalFineTuner(toy_model_dir, lc, _cfg(method="qlora", max_steps=15), output_dir=tmp_path)
     res = ft.train(train)
     assert res.method == "qlora" and any(isinstance(m, bnb.nn.Linear4bit) for m in ft.model.modules())
+    qc = ft.model.config.quantization_config
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    assert (qc["bnb_4bit_quant_type"], qc["bnb_4bit_use_double_quant"], qc["bnb_4bit_compute_dtype"]) == ("nf4", True, "float32")
     losses = [h["loss"] for h in res.loss_history]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1
     assert Path(res.adapter_dir, "adapter_model.safetensors").exists()
@@ -217,7 +269,7 @@ import torch.distributed as dist
 from fixtures_lora import toy_split
 from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
 ft = LocalFineTuner({toy_model_dir!r}, LoRAConfig(target_modules="all-linear"),
-                    TrainingConfig(max_steps=3, batch_size=4, grad_accum=1, lr=1e-2, logging_steps=1, progress=False, save_steps=None),
+                    TrainingConfig(epochs=1, batch_size=4, grad_accum=1, lr=1e-2, logging_steps=1, progress=False, save_steps=None),
                     output_dir={str(tmp_path/'out')!r})
 res = ft.train(toy_split()[0])
 from finetune_nb.lora import _clean_exit_when_distributed
@@ -235,7 +287,8 @@ json.dump(info, open(os.path.join({str(tmp_path)!r}, f"rank{{info['rank']}}.json
     assert p.returncode == 0, p.stderr[-3000:]
     infos = [json.loads((tmp_path/f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world"] for i in infos] == [2, 2] and infos[0]["backend"] == "gloo"
-    assert infos[0]["steps"] == infos[1]["steps"] == 3 and infos[0]["loss"] == pytest.approx(infos[1]["loss"])
+    # the 56 examples are sharded: 28 a process, 7 steps of 4 (one process alone would take 14)
+    assert infos[0]["steps"] == infos[1]["steps"] == 7 and infos[0]["loss"] == pytest.approx(infos[1]["loss"])
     assert Path(tmp_path/"out"/"adapter"/"adapter_model.safetensors").exists()
 
 def test_gpu_qlora_bench_runs_tiny_on_cpu():
