@@ -496,7 +496,8 @@ class LocalFineTuner:
         history = []
         bridge = _bridge(history, callbacks, stop_event)
         trainer = Trainer(model=self.model, args=self._training_args(eval_ds is not None), train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing),
+                          data_collator=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing,
+                                                     pad_to_multiple_of=8 if default_device() == "cuda" else None),   # tensor-core shapes
                           processing_class=self.tokenizer, callbacks=[bridge])
         if not tc.progress: trainer.remove_callback(PrinterCallback)
         _clean_exit_when_distributed()   # the Trainer has joined the process group by now

@@ -159,6 +159,15 @@ def test_final_step_is_logged(toy_model_dir, toy_task, tmp_path):
     assert [h["step"] for h in res.loss_history if "loss" in h] == [5, 7]
     assert res.final_loss == res.loss_history[-1]["loss"]
 
+def test_collator_rounds_padding_up(toy_model_dir):
+    "On a GPU batches are padded to a multiple of 8 (tensor-core shapes); the extra positions are masked and untrained."
+    tok = _tok(toy_model_dir)
+    fs = [tokenize_conversation(tok, CONVO[:3]), tokenize_conversation(tok, CONVO)]
+    n = max(len(f["input_ids"]) for f in fs)
+    b = ChatCollator(tok.pad_token_id, pad_to_multiple_of=8)(fs)
+    assert b["input_ids"].shape == (2, -(-n // 8) * 8) and b["input_ids"].shape[1] > n
+    assert (b["labels"][:, n:] == -100).all() and (b["attention_mask"][:, n:] == 0).all() and (b["input_ids"][:, n:] == tok.pad_token_id).all()
+
 def test_padding_free_matches_padded_loss(toy_model_dir, toy_task):
     from transformers import AutoModelForCausalLM
     tok = _tok(toy_model_dir)
@@ -254,6 +263,8 @@ def test_gradient_checkpointing_dora_and_length_grouping(toy_model_dir, toy_task
     assert res.steps == 3 and all(h["loss"] == h["loss"] for h in res.loss_history)   # finite, not NaN
     assert ft.trainer.args.activation_checkpointing and ft.model.base_model.model.is_activation_checkpointing
     assert any("lora_magnitude_vector" in n for n, _ in ft.model.named_parameters())  # DoRA
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    assert isinstance(ft.trainer._get_train_sampler(), LengthGroupedSampler)         # batches of similar length
 
 def test_bf16_on_cpu_trains(toy_model_dir, toy_task, tmp_path):
     ft = LocalFineTuner(toy_model_dir, LoRAConfig(), _cfg(max_steps=2, precision="bf16"), output_dir=tmp_path)
@@ -298,6 +309,18 @@ def test_gpu_qlora_bench_runs_tiny_on_cpu():
     last = dict(kv.split("=") for kv in p.stdout.strip().splitlines()[-1].split())
     assert {"tok_s", "peak_mem_gb", "mfu", "params_m", "device"} <= set(last)
     assert float(last["tok_s"]) > 0 and last["device"] == "cpu"
+
+def test_train_throughput_bench_runs_small(tiny_model_path):
+    "The three recipes run on the tiny model and the last line keeps its contract (the ratios are timings: not asserted)."
+    p = subprocess.run([sys.executable, str(ROOT/"bench"/"train_throughput.py"), "--n-train", "16", "--n-test", "4", "--model", tiny_model_path],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.strip().splitlines()
+    last = dict(kv.split("=") for kv in lines[-1].split())
+    assert set(last) == {"tok_s", "ratio_vs_seed", "ratio_vs_trl", "padding_waste"} and float(last["padding_waste"]) == 0.0
+    assert float(last["tok_s"]) > 0 and float(last["ratio_vs_seed"]) > 0 and float(last["ratio_vs_trl"]) > 0
+    assert any(l.startswith("naive") and "%" in l for l in lines) and any(l.startswith("TRL SFTTrainer") for l in lines)
+    assert lines[-2].startswith("eval loss ours ")
 
 # --- the real tiny model (when finetune_nb.tiny is there) -------------------------------------------------------
 
