@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c8e8aa8f
 from __future__ import annotations
-import os, re, json, logging, tempfile
+import os, re, json, logging, tempfile, threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['ENV_DATA_DIR', 'Config', 'get_config', 'FinetuneNBError', 'ConfigError', 'DataError', 'DataValidationError',
-           'ModelLoadError', 'TrainingError', 'RemoteError', 'JobFailedError', 'redact', 'RedactingFilter',
-           'get_logger', 'atomic_write', 'atomic_write_json', 'make_client', 'make_clients']
+__all__ = ['ENV_DATA_DIR', 'MODEL_LOCK', 'Config', 'get_config', 'FinetuneNBError', 'ConfigError', 'DataError',
+           'DataValidationError', 'ModelLoadError', 'TrainingError', 'RemoteError', 'JobFailedError', 'redact',
+           'RedactingFilter', 'get_logger', 'atomic_write', 'atomic_write_json', 'make_client', 'make_clients']
 
 # %% ../nbs/00_core.ipynb #f239bc66
 ENV_DATA_DIR = "FINETUNE_NB_DATA_DIR"
@@ -113,6 +113,9 @@ def atomic_write(
 def atomic_write_json(path:str|Path, obj:Any, **kw)->Path:
     "`atomic_write` of `obj` as indented JSON."
     return atomic_write(path, json.dumps(obj, indent=2, default=str, **kw))
+
+# %% ../nbs/00_core.ipynb #b2c3d4e5
+MODEL_LOCK = threading.RLock()   # held while a model is built or loaded (transformers patches process-wide state meanwhile)
 
 # %% ../nbs/00_core.ipynb #31b4e6af
 def make_client(

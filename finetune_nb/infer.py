@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, AsyncIterator
 
-from .core import ConfigError, ModelLoadError, get_logger
+from .core import ConfigError, ModelLoadError, MODEL_LOCK, get_logger
 
 _log = get_logger("finetune_nb.infer")
 
@@ -69,18 +69,19 @@ def load_model(
             bnb_4bit_compute_dtype=torch.float32 if device=="cpu" else _gpu_half_dtype())
         kw["device_map"] = device
     else: kw["dtype"] = torch.float32 if device=="cpu" else "auto"
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kw)
-        if not load_in_4bit: model = model.to(device)
-    except Exception as e:
-        raise ModelLoadError(f"could not load model weights from {path!r}: {e}",
-                             hint="the model must be a local directory (or cached hub name) with *.safetensors weights") from e
-    if adapter is not None:
-        from peft import PeftModel
-        try: model = PeftModel.from_pretrained(model, str(adapter))
+    with MODEL_LOCK:   # one model build at a time in this process (see core.MODEL_LOCK)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kw)
+            if not load_in_4bit: model = model.to(device)
         except Exception as e:
-            raise ModelLoadError(f"could not apply adapter {str(adapter)!r} to {path!r}: {e}",
-                                 hint="was the adapter trained on this base model?") from e
+            raise ModelLoadError(f"could not load model weights from {path!r}: {e}",
+                                 hint="the model must be a local directory (or cached hub name) with *.safetensors weights") from e
+        if adapter is not None:
+            from peft import PeftModel
+            try: model = PeftModel.from_pretrained(model, str(adapter))
+            except Exception as e:
+                raise ModelLoadError(f"could not apply adapter {str(adapter)!r} to {path!r}: {e}",
+                                     hint="was the adapter trained on this base model?") from e
     model.eval()
     return model, tok
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from fastcore.basics import patch
 
-from .core import (ConfigError, DataError, ModelLoadError, TrainingError, atomic_write_json,
+from .core import (ConfigError, DataError, ModelLoadError, TrainingError, MODEL_LOCK, atomic_write_json,
                               get_config, get_logger)
 
 log = get_logger("finetune_nb.lora")
@@ -427,7 +427,8 @@ class LocalFineTuner:
         else: kw["dtype"] = torch.float32
         if self.training_config.packing and dev == "cuda": kw["attn_implementation"] = _packed_attention()
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kw)
+            with MODEL_LOCK:   # one model build at a time in this process (see core.MODEL_LOCK)
+                model = AutoModelForCausalLM.from_pretrained(path, **kw)
             if not quantize and dev == "cuda": model = model.to(PartialState().device)   # this process's GPU (one per rank under accelerate)
         except Exception as e:
             raise ModelLoadError(f"could not load model weights for {self.base_model!r} ({path}): {e}",
@@ -443,14 +444,15 @@ class LocalFineTuner:
         from peft import get_peft_model, prepare_model_for_kbit_training
         from transformers import set_seed
         tc = self.training_config
-        set_seed(tc.seed)
-        model, tok = self._load_base(quantize=tc.load_in_4bit)
-        if tc.load_in_4bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tc.gradient_checkpointing,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.method != "full":
-            model = get_peft_model(model, self.lora_config.to_peft())
-            _trainable_in_fp32(model)
+        with MODEL_LOCK:   # adapters are initialised with torch.nn.init, which a concurrent model load may be patching
+            set_seed(tc.seed)
+            model, tok = self._load_base(quantize=tc.load_in_4bit)
+            if tc.load_in_4bit:
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tc.gradient_checkpointing,
+                                                        gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.method != "full":
+                model = get_peft_model(model, self.lora_config.to_peft())
+                _trainable_in_fp32(model)
         self.model, self.tokenizer = model, tok
         return self
 
@@ -545,10 +547,18 @@ def load_adapter(self:LocalFineTuner,
     is_trainable:bool=False, # keep the adapter trainable (to continue training)
 )->LocalFineTuner:
     "Load a saved adapter on a fresh base (or a saved full model), ready for generate/merge."
+    dir = Path(dir)
+    with MODEL_LOCK: model, tok = _load_saved(self, dir, is_trainable)
+    if not is_trainable: model.eval()
+    self.model, self.tokenizer = model, tok
+    return self
+
+def _load_saved(self:LocalFineTuner, dir:Path, is_trainable:bool):
+    "(model, tokenizer) from a folder holding an adapter (applied to a fresh base) or a full model."
     import torch
+    from accelerate import PartialState
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    dir = Path(dir)
     if (dir/"adapter_config.json").exists():
         model, tok = self._load_base(quantize=self.training_config.load_in_4bit)
         if (dir/"tokenizer_config.json").exists(): tok = AutoTokenizer.from_pretrained(str(dir), trust_remote_code=False)
@@ -563,9 +573,8 @@ def load_adapter(self:LocalFineTuner,
         except Exception as e: raise ModelLoadError(f"could not load the model in {dir}: {e}") from e
     else: raise ModelLoadError(f"{dir} holds neither an adapter (adapter_config.json) nor a model (config.json)",
                                hint="pass a folder written by LocalFineTuner.save_adapter or merge_and_save")
-    if not is_trainable: model.eval()
-    self.model, self.tokenizer = model, tok
-    return self
+    if not (dir/"adapter_config.json").exists() and default_device() == "cuda": model = model.to(PartialState().device)
+    return model, tok
 
 @patch
 def merge_and_save(self:LocalFineTuner,
@@ -579,7 +588,7 @@ def merge_and_save(self:LocalFineTuner,
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, MODEL_LOCK:
         self.model.save_pretrained(tmp)
         path = resolve_model_path(self.base_model)
         base = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True, dtype=dtype or "auto")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib, json, os, shutil, tempfile, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
-from .core import get_config, get_logger, ModelLoadError, atomic_write_json
+from .core import get_config, get_logger, ModelLoadError, MODEL_LOCK, atomic_write_json
 from .demo import demo_pretrain_text, DEMO_SYSTEM
 
 # %% auto #0
@@ -116,7 +116,7 @@ def _build(out_dir:Path, spec:TinySpec, progress:bool)->dict:
     docs = demo_pretrain_text(spec.n_docs, seed=spec.seed+1)
     tok = train_tiny_tokenizer(docs + [DEMO_SYSTEM], spec.vocab_size)
     set_seed(spec.seed)
-    model = LlamaForCausalLM(tiny_llama_config(spec, tok))
+    with MODEL_LOCK: model = LlamaForCausalLM(tiny_llama_config(spec, tok))   # its init must not meet a concurrent load
     history = []
     if spec.pretrain_steps > 0:
         from datasets import Dataset

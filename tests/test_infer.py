@@ -196,3 +196,30 @@ def test_full_finetune_dir_in_place_of_adapter(tiny_random_path):
     m1, _ = load_model("finetune-nb/not-a-base", adapter=tiny_random_path, device="cpu")
     m2, _ = load_model(tiny_random_path, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_concurrent_model_loads_are_safe(tiny_model_path, tmp_path):
+    "The server loads models in worker threads; transformers patches process-wide state while it builds one (see core.MODEL_LOCK)."
+    import threading
+    from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
+    adapter = LocalFineTuner(tiny_model_path, LoRAConfig(), TrainingConfig(progress=False)).load().save_adapter(tmp_path/"adapter")
+    errors, done = [], []
+    def serve_side():
+        for _ in range(6):
+            try:
+                m, _ = load_model(tiny_model_path, adapter=adapter, device="cpu")
+                assert not any(t.is_meta for t in [*m.parameters(), *m.buffers()]), "a tensor left on the meta device"
+                done.append(1)
+            except Exception as e: errors.append(repr(e)[:300])
+    def trainer_side():
+        for _ in range(6):
+            try:
+                ft = LocalFineTuner(tiny_model_path, LoRAConfig(), TrainingConfig(progress=False)).load()
+                assert all(p.abs().sum() > 0 for n, p in ft.model.named_parameters() if "lora_A" in n), "adapter left uninitialised"
+                done.append(1)
+            except Exception as e: errors.append(repr(e)[:300])
+    ts = [threading.Thread(target=f) for f in (serve_side, trainer_side, serve_side)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    assert not errors, errors[:3]
+    assert len(done) == 18
