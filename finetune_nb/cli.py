@@ -398,11 +398,6 @@ def run(
     return 0
 
 # %% ../nbs/09_cli.ipynb #2a06a4ba
-def _tiny_available()->bool:
-    try: import finetune_nb.tiny  # noqa: F401
-    except ImportError: return False
-    return True
-
 @command()
 def demo(
     out_dir:str|None=None,  # where the demo data goes (default: `<data dir>/demo`)
@@ -426,9 +421,6 @@ def demo(
     ptr, pva = data.write_openai_jsonl(tr, d/"train.jsonl"), data.write_openai_jsonl(va, d/"val.jsonl")
     print(f"\nsplit (seed {seed}): train {len(tr)} → {ptr}\n                  val   {len(va)} → {pva}\ntest set: {paths['test']}")
     if no_train: return 0
-    if not _tiny_available():
-        print("\n(the fine-tuning step needs finetune_nb.tiny, the embedded model, which this version lacks)")
-        return 0
     from finetune_nb.demo import demo_recipe
     r = demo_recipe()["training"]
     print(f"\nfine-tuning the tiny model with the demo recipe ({r['method']}, {r['max_steps']} steps, lr {r['lr']}; "

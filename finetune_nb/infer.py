@@ -14,28 +14,14 @@ from .core import ConfigError, ModelLoadError, MODEL_LOCK, get_logger
 _log = get_logger("finetune_nb.infer")
 
 # %% auto #0
-__all__ = ['resolve_model_path', 'load_model', 'normalize_messages', 'build_prompt', 'Generation', 'generate_chat', 'ChatStream',
-           'stream_chat', 'model_lock', 'LocalChatClient', 'AsyncLocalChatClient']
+__all__ = ['load_model', 'normalize_messages', 'build_prompt', 'Generation', 'generate_chat', 'ChatStream', 'stream_chat',
+           'model_lock', 'LocalChatClient', 'AsyncLocalChatClient']
 
 # %% ../nbs/05a_infer.ipynb #cb7a91b2
-def resolve_model_path(name:str)->str:
-    "`finetune_nb.tiny.resolve_model_path` when that module exists, else `name` unchanged."
-    try: from finetune_nb.tiny import resolve_model_path as _resolve
-    except ModuleNotFoundError as e:
-        if e.name not in ("finetune_nb.tiny",): raise
-        return str(name)
-    return _resolve(str(name))
-
-def _default_device()->str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from .tiny import resolve_model_path
+from .lora import default_device, cuda_bf16_supported
 
 # %% ../nbs/05a_infer.ipynb #a8d4ccd9
-def _gpu_half_dtype():
-    "bf16 where the GPU computes it natively (Ampere or newer), else fp16 (emulated bf16 is slower)."
-    import torch
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-
 def load_model(
     name:str,                # model directory, cached hub name, or "finetune-nb/tiny"
     adapter:str|Path|None=None, # optional peft adapter directory applied on top (a full fine-tuned model dir replaces `name`)
@@ -46,7 +32,7 @@ def load_model(
     import torch
     from transformers import AutoTokenizer, AutoModelForCausalLM
     path = resolve_model_path(name)
-    device = device or _default_device()
+    device = device or default_device()
     if adapter is not None:
         adapter = Path(adapter)
         if not (adapter/"adapter_config.json").exists() and (adapter/"config.json").exists():
@@ -66,7 +52,7 @@ def load_model(
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32 if device=="cpu" else _gpu_half_dtype())
+            bnb_4bit_compute_dtype=torch.float32 if device=="cpu" else torch.bfloat16 if cuda_bf16_supported() else torch.float16)
         kw["device_map"] = device
     else: kw["dtype"] = torch.float32 if device=="cpu" else "auto"
     with MODEL_LOCK:   # one model build at a time in this process (see core.MODEL_LOCK)

@@ -13,13 +13,14 @@ from fastcore.basics import patch
 
 from .core import (ConfigError, DataError, ModelLoadError, TrainingError, MODEL_LOCK, atomic_write_json,
                               get_config, get_logger)
+from .tiny import resolve_model_path
 
 log = get_logger("finetune_nb.lora")
 
 # %% auto #0
 __all__ = ['log', 'METHODS', 'PRECISIONS', 'COMPUTE_DTYPES', 'LoRAConfig', 'cuda_bf16_supported', 'default_device',
            'TrainingConfig', 'has_generation_markers', 'ensure_pad_token', 'tokenize_conversation', 'tokenize_dataset',
-           'ChatCollator', 'TrainResult', 'resolve_model_path', 'LocalFineTuner']
+           'ChatCollator', 'TrainResult', 'LocalFineTuner']
 
 # %% ../nbs/04_lora.ipynb #3a5dddb8
 @dataclass
@@ -352,14 +353,6 @@ def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Ev
     return Bridge()
 
 # %% ../nbs/04_lora.ipynb #42b56471
-def resolve_model_path(name:str)->str:
-    "`finetune_nb.tiny.resolve_model_path` when that module exists, else `name` unchanged."
-    try: from finetune_nb.tiny import resolve_model_path as _resolve
-    except ModuleNotFoundError as e:
-        if e.name != "finetune_nb.tiny": raise
-        return str(name)
-    return _resolve(str(name))
-
 def _destroy_process_group():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
@@ -427,8 +420,7 @@ class LocalFineTuner:
         else: kw["dtype"] = torch.float32
         if self.training_config.packing and dev == "cuda": kw["attn_implementation"] = _packed_attention()
         try:
-            with MODEL_LOCK:   # one model build at a time in this process (see core.MODEL_LOCK)
-                model = AutoModelForCausalLM.from_pretrained(path, **kw)
+            model = AutoModelForCausalLM.from_pretrained(path, **kw)   # callers hold core.MODEL_LOCK
             if not quantize and dev == "cuda": model = model.to(PartialState().device)   # this process's GPU (one per rank under accelerate)
         except Exception as e:
             raise ModelLoadError(f"could not load model weights for {self.base_model!r} ({path}): {e}",
@@ -585,7 +577,6 @@ def merge_and_save(self:LocalFineTuner,
     dir = Path(dir)
     if self.method == "full": return self.save_adapter(dir)
     if self.model is None: raise TrainingError("nothing to merge: no model loaded", hint="call .train() or .load_adapter() first")
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     with tempfile.TemporaryDirectory() as tmp, MODEL_LOCK:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_tiny.ipynb #ca9d2ca3
 from __future__ import annotations
-import hashlib, json, os, shutil, tempfile, time
+import functools, hashlib, json, os, shutil, tempfile, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from .core import get_config, get_logger, ModelLoadError, MODEL_LOCK, atomic_write_json
@@ -142,6 +142,7 @@ def _build(out_dir:Path, spec:TinySpec, progress:bool)->dict:
             "params": sum(p.numel() for p in model.parameters()), "pretrain_loss": history}
 
 # %% ../nbs/05_tiny.ipynb #772bc6a4
+@functools.lru_cache(maxsize=None)   # hashes thousands of generated documents: once per spec and process
 def tiny_fingerprint(
     spec:TinySpec=TinySpec(), # what to build
 )->str:  # 12 hex digits
