@@ -12,7 +12,7 @@ import openai
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import ConfigError, get_logger, make_client
+from .core import ConfigError, get_logger, make_client, run_sync
 from . import data as fdata
 
 # %% auto #0
@@ -195,28 +195,16 @@ async def augment_async(self:DataAugmenter,
     return AugmentResult(out, sources, failures, dups, report, stats["requests"], recs)
 
 # %% ../nbs/02_augment.ipynb #10707a92
-def _run_sync(coro):
-    "Run a coroutine to completion from sync code, also when this thread already runs an event loop (Jupyter)."
-    try: asyncio.get_running_loop()
-    except RuntimeError: return asyncio.run(coro)
-    box = {}
-    def target():
-        try: box["v"] = asyncio.run(coro)
-        except BaseException as e: box["e"] = e
-    t = threading.Thread(target=target, daemon=True); t.start(); t.join()
-    if "e" in box: raise box["e"]
-    return box["v"]
-
 @patch
 def augment(self:DataAugmenter,
     data,                               # ChatDataset, list of record dicts / Conversations, or a path
 )->AugmentResult:
     "Synchronous `augment_async`."
-    if not self.is_async: return _run_sync(self.augment_async(data))
+    if not self.is_async: return run_sync(self.augment_async(data))
     async def run():   # an AsyncOpenAI client is bound to the loop it first ran on: use a fresh one on this loop
         a = copy.copy(self)
         c = self.client
         a.client = openai.AsyncOpenAI(base_url=str(c.base_url), api_key=c.api_key, timeout=c.timeout, max_retries=0)
         try: return await a.augment_async(data)
         finally: await a.client.close()
-    return _run_sync(run())
+    return run_sync(run())

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #c8e8aa8f
 from __future__ import annotations
-import os, re, json, logging, tempfile, threading
+import os, re, json, asyncio, logging, tempfile, threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,8 @@ from typing import Any
 # %% auto #0
 __all__ = ['ENV_DATA_DIR', 'MODEL_LOCK', 'Config', 'get_config', 'FinetuneNBError', 'ConfigError', 'DataError',
            'DataValidationError', 'ModelLoadError', 'TrainingError', 'RemoteError', 'JobFailedError', 'redact',
-           'RedactingFilter', 'get_logger', 'atomic_write', 'atomic_write_json', 'make_client', 'make_clients']
+           'RedactingFilter', 'get_logger', 'atomic_write', 'atomic_write_json', 'run_sync', 'make_client',
+           'make_clients']
 
 # %% ../nbs/00_core.ipynb #f239bc66
 ENV_DATA_DIR = "FINETUNE_NB_DATA_DIR"
@@ -116,6 +117,29 @@ def atomic_write_json(path:str|Path, obj:Any, **kw)->Path:
 
 # %% ../nbs/00_core.ipynb #b2c3d4e5
 MODEL_LOCK = threading.RLock()   # held while a model is built or loaded (transformers patches process-wide state meanwhile)
+
+# %% ../nbs/00_core.ipynb #a4e063e4
+class _BackgroundLoop:
+    "One event loop on a daemon thread, shared by every `run_sync` call in this process."
+    _lock, _loop, _thread = threading.Lock(), None, None
+    @classmethod
+    def get(cls)->asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._loop.is_closed() or not cls._thread.is_alive():
+                cls._loop = asyncio.new_event_loop()
+                cls._thread = threading.Thread(target=cls._loop.run_forever, daemon=True, name="finetune_nb-loop")
+                cls._thread.start()
+            return cls._loop
+
+def run_sync(
+    coro, # a coroutine (e.g. `evaluator.evaluate_async(...)`)
+):        # what the coroutine returns (its exception is raised here)
+    "Run `coro` to completion from sync code, also when this thread already runs an event loop (Jupyter)."
+    loop = _BackgroundLoop.get()
+    if threading.current_thread() is _BackgroundLoop._thread:
+        coro.close()
+        raise RuntimeError("run_sync was called from inside its own event loop; `await` the coroutine instead")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 # %% ../nbs/00_core.ipynb #31b4e6af
 def make_client(

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from fastcore.basics import patch
 
-from .core import ConfigError, DataError, atomic_write, atomic_write_json, get_logger
+from .core import ConfigError, DataError, atomic_write, atomic_write_json, get_logger, run_sync
 
 _log = get_logger("finetune_nb.evaluate")
 
@@ -175,17 +175,6 @@ def wilson_ci(k:int, n:int, z:float=1.96)->tuple[float, float]:
     return (max(0.0, mid-half), min(1.0, mid+half))
 
 # %% ../nbs/06_evaluate.ipynb #41fb789c
-class _LoopThread:
-    "One background event loop for the synchronous API."
-    _lock, _loop = threading.Lock(), None
-    @classmethod
-    def run(cls, coro):
-        with cls._lock:
-            if cls._loop is None or cls._loop.is_closed():
-                cls._loop = asyncio.new_event_loop()
-                threading.Thread(target=cls._loop.run_forever, daemon=True, name="finetune_nb-eval-loop").start()
-        return asyncio.run_coroutine_threadsafe(coro, cls._loop).result()
-
 def _is_async_client(client)->bool:
     "True for clients whose `create` must be awaited (`openai.AsyncOpenAI` wraps its coroutine in a plain function)."
     f = client.chat.completions.create
@@ -330,7 +319,7 @@ class FineTuneEvaluator:
 
     def evaluate_dataset(self, data, limit:int|None=None)->list[Comparison]:
         "Synchronous `aevaluate_dataset` (works inside Jupyter too)."
-        return _LoopThread.run(self.aevaluate_dataset(data, limit))
+        return run_sync(self.aevaluate_dataset(data, limit))
 
     async def aevaluate_example(self, example)->Comparison:
         "Evaluate one example (a chat record, `{input, expected}` dict or `EvalExample`) on both models."
@@ -342,7 +331,7 @@ class FineTuneEvaluator:
 
     def evaluate_example(self, example)->Comparison:
         "Synchronous `aevaluate_example`."
-        return _LoopThread.run(self.aevaluate_example(example))
+        return run_sync(self.aevaluate_example(example))
 
 # %% ../nbs/06_evaluate.ipynb #49c30ec4
 def _stats(xs:list[float], n_boot:int, seed:int)->dict:
@@ -501,7 +490,7 @@ class ABTestEvaluator:
 
     def compare(self, examples, replies_a=None, replies_b=None)->list[JudgeVerdict]:
         "Synchronous `acompare` (works inside Jupyter too)."
-        return _LoopThread.run(self.acompare(examples, replies_a, replies_b))
+        return run_sync(self.acompare(examples, replies_a, replies_b))
 
     def summary(self, verdicts:list[JudgeVerdict]|None=None, names:tuple[str, str]=("base", "fine_tuned"))->dict:
         "Win rates of A, B and ties over readable verdicts, with Wilson 95% CIs; malformed replies counted."
