@@ -327,7 +327,10 @@ class ValidationReport:
                                       hint="fix these lines, or run `finetune-nb validate FILE` for the full report")
         return self
     def counts(self)->dict: return {"errors": dict(Counter(i.kind for i in self.errors)), "warnings": dict(Counter(i.kind for i in self.warnings))}
+    def __bool__(self)->bool: return bool(self.errors)   # truthy when there are errors: `if report:` means "fix something first"
+    def __iter__(self): return (str(i) for i in self.errors + self.warnings)   # readable issue strings, errors first
     def __repr__(self): return f"ValidationReport({len(self.errors)} errors, {len(self.warnings)} warnings, {self.stats.get('n_examples', 0)} examples)"
+    def __str__(self): return "\n".join([repr(self)] + [f"  error: {i}" for i in self.errors] + [f"  warning: {i}" for i in self.warnings])
 
 # %% ../nbs/01_data.ipynb #dc1af008
 MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id", "refusal"}
@@ -594,7 +597,30 @@ class DatasetBuilder:
             self.dataset.append(conv)
         return self
     def __len__(self): return len(self.dataset)
-    def validate(self, **kw)->ValidationReport: return validate_records(self.dataset, **kw)
-    def split(self, val_frac:float=0.1, seed:int=42): return split(self.dataset, val_frac, seed)
+    @property
+    def examples(self)->list:
+        "The data as `TrainingExample`s (multi-turn or weighted conversations stay `Conversation`s); a copy."
+        def one(c):
+            if not c.is_single_turn or any(m.weight not in (None, 1) for m in c.messages): return c
+            s = c.by_role("system")
+            return TrainingExample(c.by_role("user")[0].content, c.by_role("assistant")[0].content, s[0].content if s else None)
+        return [one(c) for c in self.dataset]
+    def validate(self, **kw)->ValidationReport:
+        "`validate_records` on the data: falsy without errors; iterate it for readable issues."
+        return validate_records(self.dataset, **kw)
+    def split(self,
+        val_frac:float|None=None,      # fraction held out (default 0.1)
+        seed:int=42,                   # makes the split reproducible
+        train_ratio:float|None=None,   # the guide's name: the fraction kept for training (1 - val_frac)
+    )->tuple[ChatDataset, ChatDataset]:# (train, validation)
+        "Seeded split into train and validation sets."
+        if train_ratio is not None:
+            if val_frac is not None: raise ConfigError("split: pass val_frac or train_ratio, not both")
+            if not 0 < train_ratio <= 1: raise ConfigError(f"split: train_ratio={train_ratio} must be in (0, 1]")
+            val_frac = 1 - train_ratio
+        elif val_frac is None: val_frac = 0.1
+        elif val_frac >= 0.5: raise ConfigError(f"split: val_frac={val_frac} would hold out most of the data",
+                                                hint="split(val_frac=0.1) holds out 10%; the guide's split(0.9) is split(train_ratio=0.9)")
+        return split(self.dataset, val_frac, seed)
     def export_openai(self, path:str|Path)->Path: return write_openai_jsonl(self.dataset, path)
     def export_alpaca(self, path:str|Path)->Path: return write_alpaca(self.dataset, path)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_openai.ipynb #39e455ad
 from __future__ import annotations
-import asyncio, base64, binascii, csv, io, json, time
+import asyncio, base64, binascii, contextvars, csv, functools, io, json, time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -14,11 +14,12 @@ import openai
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import DataError, RemoteError, JobFailedError, get_logger, make_client
+from .core import ConfigError, DataError, RemoteError, JobFailedError, get_logger, make_client
 from . import data as fdata
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'TERMINAL_STATUSES', 'FineTuneJob', 'OpenAIFineTuner', 'MetricsTable', 'plot_metrics', 'FineTuneRun']
+__all__ = ['DEFAULT_MODEL', 'TERMINAL_STATUSES', 'ASYNC_METHODS', 'FineTuneJob', 'OpenAIFineTuner', 'MetricsTable',
+           'plot_metrics', 'FineTuneRun']
 
 # %% ../nbs/03_openai.ipynb #413c7068
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
@@ -71,10 +72,15 @@ def _describe(e:Exception)->str:
         return f"HTTP {e.status_code}: {msg or e.message}"
     return f"{type(e).__name__}: {e}"
 
+def _sync_twin(c:openai.AsyncOpenAI)->openai.OpenAI:
+    "An `openai.OpenAI` for the same endpoint, key, organization and project as the async client `c`."
+    return openai.OpenAI(base_url=str(c.base_url), api_key=c.api_key, organization=c.organization, project=c.project,
+                         timeout=c.timeout, max_retries=c.max_retries)
+
 class OpenAIFineTuner:
     "Fine-tune through OpenAI's API (or any compatible `base_url`): validate, upload, create, wait, metrics."
     def __init__(self,
-        client:openai.OpenAI|None=None,   # an SDK client; default: `core.make_client(base_url, api_key)`
+        client:openai.OpenAI|openai.AsyncOpenAI|None=None, # an SDK client (an `AsyncOpenAI` makes every method awaitable); default: `core.make_client(base_url, api_key)`
         base_url:str|None=None,           # e.g. "http://127.0.0.1:8000/v1" for finetune_nb's server; None = OpenAI
         api_key:str|None=None,            # default `$OPENAI_API_KEY`
         async_client:openai.AsyncOpenAI|None=None, # for the `a*` methods; default: built like `client`
@@ -86,6 +92,8 @@ class OpenAIFineTuner:
         sleep:Callable[[float],Any]=time.sleep,  # injectable for tests
         clock:Callable[[],float]=time.monotonic, # injectable for tests
     ):
+        self.is_async = isinstance(client, openai.AsyncOpenAI)   # the guide's style: `await ft.upload_file(...)` etc.
+        if self.is_async: async_client, client = client, _sync_twin(client)
         self.client = client or make_client(base_url, api_key, timeout=timeout, max_retries=sdk_retries)
         self._async, self._timeout, self._sdk_retries = async_client, timeout, sdk_retries
         self.retries, self.backoff, self.backoff_max, self.sleep, self.clock = retries, backoff, backoff_max, sleep, clock
@@ -98,7 +106,7 @@ class OpenAIFineTuner:
                                              timeout=self.client.timeout, max_retries=self.client.max_retries)
         return self._async
 
-    def __repr__(self): return f"OpenAIFineTuner(base_url={str(self.client.base_url)!r})"
+    def __repr__(self): return f"OpenAIFineTuner(base_url={str(self.client.base_url)!r}{', async' if self.is_async else ''})"
 
     def _delay(self, attempt:int)->float: return min(self.backoff * 2**attempt, self.backoff_max)
 
@@ -180,14 +188,21 @@ def wait_for_file(self:OpenAIFineTuner,
         self.sleep(poll_interval)
 
 # %% ../nbs/03_openai.ipynb #0606b235
+def _synonym(name:str, value, alias:str, alias_value):
+    "`value`, or `alias_value` when only the synonym was given; both is an error."
+    if alias_value is None: return value
+    if value is not None and value != alias_value: raise ConfigError(f"pass {name} or {alias}, not both")
+    return alias_value
+
 @patch
 def _file_id(self:OpenAIFineTuner, x)->str|None:
+    if isinstance(getattr(x, "id", None), str) and getattr(x, "object", None) == "file": return x.id   # an SDK FileObject
     if x is None or (isinstance(x, str) and x.startswith("file-") and not Path(x).exists()): return x
     return self.upload_file(x).id
 
 @patch
 def create_job(self:OpenAIFineTuner,
-    training_file,                      # a file id ("file-..."), or a path/dataset to validate and upload
+    training_file=None,                 # a file id ("file-..."), or a path/dataset to validate and upload
     model:str=DEFAULT_MODEL,            # base model to fine-tune
     validation_file=None,               # optional file id, path or dataset
     hyperparameters:dict|None=None,     # e.g. {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 1.8}
@@ -195,8 +210,13 @@ def create_job(self:OpenAIFineTuner,
     seed:int|None=None,                 # makes the job reproducible
     method:dict|None=None,              # OpenAI's `method` object (supervised / dpo / ...) verbatim
     metadata:dict|None=None,            # up to 16 string key/value pairs
+    training_file_id:str|None=None,     # the guide's name for `training_file`
+    validation_file_id:str|None=None,   # the guide's name for `validation_file`
 )->FineTuneJob:
     "Create a fine-tuning job and return it."
+    training_file = _synonym("training_file", training_file, "training_file_id", training_file_id)
+    validation_file = _synonym("validation_file", validation_file, "validation_file_id", validation_file_id)
+    if training_file is None: raise ConfigError("create_job needs training_file (a file id, a path or a dataset)")
     tf, vf = self._file_id(training_file), self._file_id(validation_file)
     kw = {}
     if method is not None: kw["method"] = method
@@ -451,3 +471,23 @@ def fine_tune(self:OpenAIFineTuner,
     run.job = self.wait_for_completion(job.job_id, poll_interval=poll_interval, timeout=timeout, progress=progress)
     run.metrics = self.download_metrics(run.job)
     return run
+
+# %% ../nbs/03_openai.ipynb #80f6f5ac
+_IN_WORKER = contextvars.ContextVar("finetune_nb_openai_ft_worker", default=False)
+ASYNC_METHODS = ("upload_file", "wait_for_file", "create_job", "get_job_status", "cancel_job", "list_jobs", "list_events",
+                 "list_checkpoints", "wait_for_completion", "download_metrics", "fine_tune")
+
+def _awaitable(fn:Callable, shape:Callable|None=None)->Callable:
+    "`fn`, returning a coroutine that runs it in a worker thread when the fine-tuner was given an `AsyncOpenAI`."
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        if not self.is_async or _IN_WORKER.get(): return fn(self, *args, **kwargs)
+        def work():
+            _IN_WORKER.set(True)   # our methods calling each other stay synchronous inside the worker
+            r = fn(self, *args, **kwargs)
+            return shape(r) if shape else r
+        return asyncio.to_thread(work)
+    return method
+
+for _n in ASYNC_METHODS:
+    setattr(OpenAIFineTuner, _n, _awaitable(getattr(OpenAIFineTuner, _n), (lambda f: f.id) if _n == "upload_file" else None))
