@@ -12,7 +12,7 @@ import openai
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import ConfigError, get_logger, make_client, run_sync
+from .core import ConfigError, RemoteError, get_logger, make_client, run_sync
 from . import data as fdata
 
 # %% auto #0
@@ -110,7 +110,7 @@ async def _complete(self:DataAugmenter, messages:list[dict])->str:
     return r.choices[0].message.content or ""
 
 @patch
-async def paraphrase(self:DataAugmenter,
+async def paraphrases(self:DataAugmenter,
     text:str,                           # the user message
     n:int|None=None,                    # paraphrases wanted (default `num_variations`)
     sem:asyncio.Semaphore|None=None,    # limits requests in flight (shared across a run)
@@ -161,7 +161,7 @@ async def augment_async(self:DataAugmenter,
         msgs = rec["messages"]
         turns = [j for j, m in enumerate(msgs) if m.get("role") == "user" and str(m.get("content") or "").strip()]
         if not turns: bar.update(); return i, [], "no user message to paraphrase", 0
-        res = await asyncio.gather(*(self.paraphrase(str(msgs[j]["content"]), sem=sem, stats=stats) for j in turns))
+        res = await asyncio.gather(*(self.paraphrases(str(msgs[j]["content"]), sem=sem, stats=stats) for j in turns))
         bar.update()
         attempts, errs = sum(r[2] for r in res), [r[1] for r in res if not r[0]]
         if errs: return i, [], errs[0], attempts
@@ -208,3 +208,30 @@ def augment(self:DataAugmenter,
         try: return await a.augment_async(data)
         finally: await a.client.close()
     return run_sync(run())
+
+# %% ../nbs/02_augment.ipynb #a0705fdf
+@patch
+async def paraphrase(self:DataAugmenter,
+    text:str,            # the text to rephrase
+)->str:                  # one paraphrase
+    "One paraphrase of `text`; raises `RemoteError` when none could be had."
+    ps, err, attempts = await self.paraphrases(text, n=1)
+    if not ps: raise RemoteError(f"no paraphrase of {text[:60]!r} after {attempts} attempt(s): {err}",
+                                 hint="check the model name and the endpoint; `paraphrases` returns the error instead of raising")
+    return ps[0]
+
+@patch
+async def augment_example(self:DataAugmenter,
+    example,                   # a `data.TrainingExample`, a chat record or a `data.Conversation`
+    num_variations:int=2,      # variations wanted
+)->list:                       # [example, *variations], each of the example's type
+    "The example followed by up to `num_variations` variations with paraphrased user turns."
+    a = copy.copy(self); a.num_variations, a.progress = num_variations, False
+    res = await a.augment_async([example])
+    if not res.records and res.failures and "duplicated" not in res.failures[0].error:
+        raise RemoteError(f"could not augment the example: {res.failures[0].error}", hint="check the model name and the endpoint")
+    if isinstance(example, fdata.TrainingExample):
+        user = lambda r: next(m["content"] for m in r["messages"] if m["role"] == "user")
+        return [example] + [fdata.TrainingExample(user(r), example.assistant, example.system) for r in res.records]
+    if isinstance(example, fdata.Conversation): return [example] + [fdata.Conversation.from_dict(r) for r in res.records]
+    return [example] + res.records
