@@ -22,9 +22,9 @@ __all__ = ['METRICS', 'DEFAULT_METRICS', 'JSON_METRICS', 'NOT_SCORES', 'JUDGE_SY
            'normalized_exact_match', 'token_f1', 'word_overlap', 'length_ratio', 'parse_json', 'json_valid',
            'json_field_scores', 'json_field_accuracy', 'register_metric', 'resolve_metrics', 'compute_metrics',
            'default_weights', 'overall_score', 'paired_bootstrap_ci', 'mean_ci', 'wilson_ci', 'call_chat',
-           'EvalExample', 'to_examples', 'EvalResult', 'Comparison', 'FineTuneEvaluator', 'summarize', 'judge_messages',
-           'parse_verdict', 'JudgeVerdict', 'ABTestEvaluator', 'plot_metric_bars', 'plot_score_distributions',
-           'plot_scatter', 'plot_loss_curves', 'report_markdown', 'write_report']
+           'EvalExample', 'to_examples', 'EvalResult', 'Comparison', 'FineTuneEvaluator', 'summarize', 'score_summary',
+           'judge_messages', 'parse_verdict', 'JudgeVerdict', 'ABTestEvaluator', 'plot_metric_bars',
+           'plot_score_distributions', 'plot_scatter', 'plot_loss_curves', 'report_markdown', 'write_report']
 
 # %% ../nbs/06_evaluate.ipynb #3b7d644f
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -245,7 +245,7 @@ class EvalResult:
     actual:str                     # model reply ("" on error)
     score:float                    # overall (weighted) score; nan on error
     metrics:dict[str, float]       # every metric
-    latency:float                  # seconds for the request
+    latency:float = 0.0            # seconds for the request
     prompt_tokens:int|None = None  # as reported by the API
     completion_tokens:int|None = None
     model:str = ""                 # model name
@@ -259,6 +259,7 @@ class Comparison:
     fine_tuned:EvalResult
     @property
     def ok(self)->bool: return self.base.error is None and self.fine_tuned.error is None
+    def __iter__(self): return iter((self.base, self.fine_tuned))   # `base, ft = comparison`
 
 # %% ../nbs/06_evaluate.ipynb #3c58a513
 class FineTuneEvaluator:
@@ -377,6 +378,15 @@ def summary(self:FineTuneEvaluator, results:list[Comparison]|None=None, n_boot:i
     rs = self.results if results is None else results
     if not rs: raise ConfigError("nothing to summarise", hint="run evaluate_dataset first")
     return summarize(rs, self.weights, n_boot, seed, base_model=self.base_model, fine_tuned_model=self.fine_tuned_model)
+
+# %% ../nbs/06_evaluate.ipynb #c9eb8993
+def score_summary(
+    summary:dict,          # from `summarize` / `FineTuneEvaluator.summary`
+)->dict:                   # {"base_model": {mean_score, min_score, max_score}, "fine_tuned_model": {...}, "improvement"}
+    "The overall score per model, in the shape of the fine-tuning guide's `evaluate_dataset`."
+    o = summary["overall"]
+    side = lambda k: {"mean_score": o[k]["mean"], "min_score": o[k]["min"], "max_score": o[k]["max"]}
+    return {"base_model": side("base"), "fine_tuned_model": side("fine_tuned"), "improvement": o["improvement"]}
 
 # %% ../nbs/06_evaluate.ipynb #7b63fce7
 JUDGE_SYSTEM = ("You are an impartial judge comparing two assistant replies to the same conversation. "
@@ -501,6 +511,26 @@ class ABTestEvaluator:
         return dict(judge_model=self.model, models=dict(A=names[0], B=names[1]), n=len(vs), n_valid=n,
                     malformed=sum(v.malformed for v in vs), position_disagreements=sum(v.first != v.second for v in good),
                     A_wins=rate("A"), B_wins=rate("B"), ties=rate("tie"))
+
+# %% ../nbs/06_evaluate.ipynb #0fa68ea7
+def _reason(replies:list[str])->str:
+    "The judge's stated reason, from the first reply that is a JSON object with one."
+    for t in replies:
+        ok, d = parse_json(t)
+        if ok and isinstance(d, dict) and (d.get("reason") or d.get("reasoning")): return str(d.get("reason") or d.get("reasoning"))
+    return ""
+
+@patch
+async def ajudge(self:ABTestEvaluator,
+    prompt,                   # what both responses answer: a string or a list of messages
+    response_a:str,           # the first response
+    response_b:str,           # the second response
+    reference:str|None=None,  # optional reference answer shown to the judge
+)->dict:                      # {"winner", "reasoning", "first", "second", "malformed", "raw"}
+    "Judge one pair in both orders; the verdict as a dict."
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    v = await self.ajudge_pair(0, msgs, response_a, response_b, reference)
+    return {"winner": v.winner, "reasoning": _reason(v.raw), "first": v.first, "second": v.second, "malformed": v.malformed, "raw": v.raw}
 
 # %% ../nbs/06_evaluate.ipynb #4b6b6f6c
 def _plt():
