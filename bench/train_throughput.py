@@ -123,7 +123,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     transformers.logging.set_verbosity_error()
     from finetune_nb.demo import make_demo_data
-    from finetune_nb.lora import resolve_model_path
+    from finetune_nb.tiny import resolve_model_path
     path = resolve_model_path(a.model)
     train, test = make_demo_data(n_train=a.n_train, n_test=a.n_test, seed=0)
     rows = {}

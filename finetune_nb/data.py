@@ -16,10 +16,10 @@ except ImportError: _loads = json.loads
 
 # %% auto #0
 __all__ = ['ROLES', 'FORMATS', 'TRAINING_PRICES', 'MAX_TOKENS_PER_EXAMPLE', 'MESSAGE_KEYS', 'RECORD_KEYS', 'Message',
-           'Conversation', 'TrainingExample', 'ChatDataset', 'to_records', 'detect_format', 'read_dataset',
-           'write_openai_jsonl', 'write_alpaca', 'write_sharegpt', 'write_dataset', 'get_encoding', 'TokenCounter',
-           'count_tokens', 'hf_token_counts', 'default_epochs', 'estimate_cost', 'Issue', 'ValidationReport',
-           'token_stats', 'validate_file', 'validate_records', 'dedupe', 'split', 'dataset_stats',
+           'Conversation', 'TrainingExample', 'ChatDataset', 'to_records', 'normalize_messages', 'detect_format',
+           'read_dataset', 'write_openai_jsonl', 'write_alpaca', 'write_sharegpt', 'write_dataset', 'get_encoding',
+           'TokenCounter', 'count_tokens', 'hf_token_counts', 'default_epochs', 'estimate_cost', 'Issue',
+           'ValidationReport', 'token_stats', 'validate_file', 'validate_records', 'dedupe', 'split', 'dataset_stats',
            'plot_token_histogram', 'DatasetBuilder']
 
 # %% ../nbs/01_data.ipynb #b6a5a19f
@@ -90,6 +90,45 @@ def to_records(
         elif isinstance(r, dict) and "messages" in r: out.append(r)
         else: raise DataError(f"cannot use item {len(out)} of type {type(r).__name__} as a conversation",
                               hint="pass dicts like {'messages': [...]}, Conversation or TrainingExample objects")
+    return out
+
+# %% ../nbs/01_data.ipynb #29477194
+_ROLE_ALIASES = {"developer": "system"}
+_TEMPLATE_KEYS = ("tool_calls", "tool_call_id")   # passed through to chat templates when present
+
+def _part_text(p)->str:
+    "The text of one content part (`{'type': 'text', 'text': ...}`); other parts (images, audio) have none."
+    if isinstance(p, str): return p
+    if not isinstance(p, dict): p = p.model_dump() if hasattr(p, "model_dump") else vars(p)
+    return str(p.get("text") or "") if p.get("type") in ("text", "input_text", None) else ""
+
+def _as_dict(m)->dict:
+    if isinstance(m, dict): return m
+    if hasattr(m, "model_dump"): return m.model_dump(exclude_none=True)
+    if hasattr(m, "to_dict"): return m.to_dict()
+    raise DataError(f"a message must be a dict, got {type(m).__name__}", hint='use {"role": ..., "content": ...}')
+
+def normalize_messages(
+    messages,               # a list of message dicts / pydantic messages / `Message`s, a `Conversation`, or a `{"messages": [...]}` record
+    keep_weight:bool=False, # keep each message's `weight` (the trainer needs it; templates don't)
+)->list[dict]:              # plain `{"role", "content"}` dicts (plus tool fields when present)
+    "The one message normaliser: `developer` → `system`, content parts → text, nothing else a chat template can't read."
+    if isinstance(messages, dict): messages = messages.get("messages", messages)
+    if hasattr(messages, "messages"): messages = messages.messages
+    if not isinstance(messages, (list, tuple)): raise DataError(f"messages must be a list, got {type(messages).__name__}")
+    out = []
+    for i, m in enumerate(messages):
+        m = _as_dict(m)
+        role = _ROLE_ALIASES.get(m.get("role"), m.get("role"))
+        if role not in ROLES: raise DataError(f"messages[{i}].role: {str(m.get('role'))[:32]!r} is not a chat role",
+                                               hint=f"use one of {', '.join(ROLES)} (or developer)")
+        c = m.get("content")
+        if isinstance(c, (list, tuple)): c = "".join(_part_text(p) for p in c)
+        elif c is not None and not isinstance(c, str): raise DataError(f"messages[{i}].content must be a string or a list of parts, got {type(c).__name__}")
+        d = {"role": role, "content": c or ""}
+        d.update({k: m[k] for k in _TEMPLATE_KEYS if m.get(k) is not None})
+        if keep_weight and m.get("weight") is not None: d["weight"] = m["weight"]
+        out.append(d)
     return out
 
 # %% ../nbs/01_data.ipynb #fed6a930

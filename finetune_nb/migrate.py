@@ -4,6 +4,7 @@
 
 # %% ../nbs/10_migrate.ipynb #90092c45
 from __future__ import annotations
+from fastcore.basics import patch
 import json, math, time, hashlib
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -15,31 +16,27 @@ from .data import validate_file, default_epochs, read_dataset, split, write_open
 log = get_logger("finetune_nb.migrate")
 
 # %% auto #0
-__all__ = ['log', 'REFERENCE_LR', 'LR_MULTIPLIER_ANCHOR', 'ADVICE_IF_WORSE', 'map_hyperparameters', 'MigrationError',
-           'MigrationState', 'verdict', 'Migration', 'MigrationResult', 'migrate']
+__all__ = ['log', 'ADVICE_IF_WORSE', 'plan_training', 'MigrationError', 'MigrationState', 'verdict', 'Migration',
+           'MigrationResult', 'migrate']
 
 # %% ../nbs/10_migrate.ipynb #eae84b82
-REFERENCE_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
-LR_MULTIPLIER_ANCHOR = 1.0
-
-def _auto(v)->bool: return v is None or v == "auto"
-
-def map_hyperparameters(
-    hp:dict,                      # OpenAI's hyperparameters: n_epochs, batch_size, learning_rate_multiplier ("auto" or numbers)
-    n_train:int,                  # training examples
-    method:str="lora",            # local method: lora, qlora or full
-    reference_lr:float|None=None, # learning rate at multiplier 0.1 (default by method, see REFERENCE_LR)
-    max_device_batch:int=8,       # largest per-device batch; the rest becomes gradient accumulation
-)->dict:                          # `TrainingConfig` values (epochs, batch_size, grad_accum, lr) and the resolved OpenAI values
-    "Map an OpenAI job's hyperparameters to a local training run (rules in the table above)."
-    if method not in REFERENCE_LR: raise ConfigError(f"unknown method {method!r}", hint="use lora, qlora or full")
-    epochs = default_epochs(n_train) if _auto(hp.get("n_epochs")) else int(hp["n_epochs"])
-    batch = max(1, min(256, round(0.002 * n_train))) if _auto(hp.get("batch_size")) else int(hp["batch_size"])
-    mult = LR_MULTIPLIER_ANCHOR if _auto(hp.get("learning_rate_multiplier")) else float(hp["learning_rate_multiplier"])
-    ref = reference_lr or REFERENCE_LR[method]
-    dev = min(batch, max_device_batch)
-    return {"epochs": epochs, "batch_size": dev, "grad_accum": math.ceil(batch / dev), "lr": ref * mult / LR_MULTIPLIER_ANCHOR,
-            "openai": {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}}
+def plan_training(
+    hyperparameters:dict|None,  # the source job's hyperparameters (OpenAI's three, "auto" or numbers)
+    n_train:int,                # training examples
+    base_model:str,             # the local base model
+    method:str|None=None,       # lora, qlora or full (default: lora; the tiny model's recipe for finetune-nb/tiny)
+    **overrides,                # TrainingConfig fields set last (seed, max_steps, ...)
+):                              # (TrainingConfig, base TrainingConfig or None)
+    "The local `TrainingConfig` for a source job: the one mapping, on the tiny model's recipe when that is the target."
+    from finetune_nb.lora import TrainingConfig
+    from finetune_nb.tiny import TINY_MODEL
+    hp = {k: v for k, v in (hyperparameters or {}).items() if k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    base = None
+    if base_model == TINY_MODEL:
+        from finetune_nb.demo import demo_recipe
+        base = TrainingConfig(**demo_recipe()["training"])
+    if method: hp["method"] = method
+    return TrainingConfig.from_openai(hp, n_examples=n_train, base=base, **overrides), base
 
 # %% ../nbs/10_migrate.ipynb #c46dc45e
 class MigrationError(FinetuneNBError):
@@ -120,6 +117,7 @@ class Migration:
     def __repr__(self): return f"Migration({self.job_id!r} -> {self.base_model!r}, {self.state})"
 
 # %% ../nbs/10_migrate.ipynb #79a8c6cb
+@patch
 def _step_source(self:Migration)->dict:
     if self.state.done("source"): return self.state.get("source")
     from finetune_nb.openai_ft import FineTuneJob
@@ -154,18 +152,8 @@ def _step_source(self:Migration)->dict:
                              suffix=(job.fine_tuned_model or "").split(":")[3] if (job.fine_tuned_model or "").count(":") >= 4 else None,
                              metrics=metrics, trained_tokens=job.trained_tokens)
 
-Migration._step_source = _step_source
-
 # %% ../nbs/10_migrate.ipynb #10553314
-def _resolve_method_and_lr(self:Migration)->tuple[str, float|None, dict]:
-    "Method, reference learning rate and recipe extras: the tiny model brings its tuned recipe."
-    from finetune_nb.tiny import TINY_MODEL
-    if self.base_model == TINY_MODEL:
-        from finetune_nb.demo import demo_recipe
-        r = demo_recipe()["training"]
-        return self.method or r["method"], r["lr"], {k: r[k] for k in ("max_length", "lr_scheduler", "warmup") if k in r}
-    return self.method or "lora", None, {}
-
+@patch
 def _step_plan(self:Migration)->dict:
     if self.state.done("plan"): return self.state.get("plan")
     src = self.state.get("source")
@@ -185,21 +173,17 @@ def _step_plan(self:Migration)->dict:
         train_path = write_openai_jsonl(tr, self.folder/"train_split.jsonl"); eval_path = write_openai_jsonl(ho, self.folder/"heldout.jsonl")
         self.say(f"no validation file: holding out {len(ho)} of {len(tr)+len(ho)} examples (seed {seed}) for the evaluation")
     n_train = len(read_dataset(train_path))
-    method, ref_lr, extra = _resolve_method_and_lr(self)
-    hp = map_hyperparameters(src.get("hyperparameters") or {}, n_train, method, ref_lr)
-    self.say(f"plan: {method} on {self.base_model}, {hp['epochs']} epochs, batch {hp['batch_size']}x{hp['grad_accum']}, lr {hp['lr']:.2e}")
-    return self.state.record("plan", method=method, seed=seed, train_path=str(train_path), eval_path=str(eval_path),
-                             n_train=n_train, hyperparameters=hp, extra={**extra, **self.overrides}, validation=reports)
-
-Migration._step_plan = _step_plan
+    tc, base = plan_training(src.get("hyperparameters"), n_train, self.base_model, self.method, **{"seed": seed, **self.overrides})
+    hp = {"epochs": tc.epochs, "batch_size": tc.batch_size, "grad_accum": tc.grad_accum, "lr": tc.lr,
+          "openai": {k: v for k, v in tc.to_openai(base).items() if k in ("n_epochs", "batch_size", "learning_rate_multiplier")}}
+    self.say(f"plan: {tc.method} on {self.base_model}, {tc.epochs} epochs, batch {tc.batch_size}x{tc.grad_accum}, lr {tc.lr:.2e}")
+    return self.state.record("plan", method=tc.method, seed=seed, train_path=str(train_path), eval_path=str(eval_path),
+                             n_train=n_train, hyperparameters=hp, training=asdict(tc), validation=reports)
 
 # %% ../nbs/10_migrate.ipynb #d0cf9d09
 def _training_config(self:Migration):
     from finetune_nb.lora import TrainingConfig
-    plan = self.state.get("plan"); hp = plan["hyperparameters"]
-    kw = {k: hp[k] for k in ("epochs", "batch_size", "grad_accum", "lr")}
-    kw.update(method=plan["method"], seed=plan["seed"], progress=True, **plan.get("extra", {}))
-    return TrainingConfig(**kw)
+    return TrainingConfig(**{**self.state.get("plan")["training"], "progress": True})
 
 def _train_local(self:Migration)->dict:
     from finetune_nb.lora import LocalFineTuner
@@ -218,20 +202,6 @@ def _target_tuner(self:Migration):
     from finetune_nb.openai_ft import OpenAIFineTuner
     return OpenAIFineTuner(base_url=self.target_url, api_key=self.target_api_key or "no-key")
 
-_SERVER_EXTRAS = {"max_steps": "max_steps", "max_length": "max_length", "logging_steps": "logging_steps", "save_steps": "save_steps",
-                  "grad_accum": "gradient_accumulation_steps"}
-
-def _server_hyperparameters(plan:dict)->dict:
-    "OpenAI-shaped hyperparameters (+ finetune_nb extras) that make a finetune_nb server train exactly the plan."
-    from finetune_nb.lora import TrainingConfig
-    hp = plan["hyperparameters"]
-    out = {"n_epochs": hp["epochs"], "batch_size": hp["batch_size"], "learning_rate_multiplier": hp["lr"] / TrainingConfig().lr,
-           "method": plan["method"]}
-    if hp["grad_accum"] > 1: out["gradient_accumulation_steps"] = hp["grad_accum"]
-    for k, v in plan.get("extra", {}).items():
-        if k in _SERVER_EXTRAS: out[_SERVER_EXTRAS[k]] = v
-    return out
-
 def _train_remote(self:Migration)->dict:
     plan, src, tgt = self.state.get("plan"), self.state.get("source"), _target_tuner(self)
     job_id = self.state.partial("train").get("job_id")
@@ -239,7 +209,7 @@ def _train_remote(self:Migration)->dict:
         try:
             tf = tgt.upload_file(plan["train_path"], filename="train.jsonl").id
             vf = tgt.upload_file(plan["eval_path"], filename="validation.jsonl").id
-            job = tgt.create_job(tf, model=self.base_model, validation_file=vf, hyperparameters=_server_hyperparameters(plan),
+            job = tgt.create_job(tf, model=self.base_model, validation_file=vf, hyperparameters=_training_config(self).to_openai(),
                                  suffix=src.get("suffix") or "migrated", seed=plan["seed"],
                                  metadata={"migrated_from": src["job_id"], "method": plan["method"]})
         except RemoteError as e:
@@ -254,12 +224,11 @@ def _train_remote(self:Migration)->dict:
     self.say(f"target job {job_id} succeeded: {job.fine_tuned_model}")
     return {"where": "server", "job_id": job_id, "model_id": job.fine_tuned_model, "loss_history": loss}
 
+@patch
 def _step_train(self:Migration)->dict:
     if self.state.done("train"): return self.state.get("train")
     info = _train_remote(self) if self.target_url else _train_local(self)
     return self.state.record("train", **info)
-
-Migration._step_train = _step_train
 
 # %% ../nbs/10_migrate.ipynb #eeba79e5
 def _target_client(self:Migration):
@@ -269,6 +238,7 @@ def _target_client(self:Migration):
     from finetune_nb.infer import LocalChatClient
     return LocalChatClient(t["model"], adapter=t["adapter"]), t["model_id"]
 
+@patch
 def _step_evaluate(self:Migration)->dict:
     if self.state.done("evaluate"): return self.state.get("evaluate")
     from finetune_nb.evaluate import FineTuneEvaluator, ABTestEvaluator, write_report
@@ -299,9 +269,8 @@ def _step_evaluate(self:Migration)->dict:
     return self.state.record("evaluate", verdict=v, overall=o, judge=judge, files={k: str(p) for k, p in files.items()},
                              metrics={k: {"source": m["base"]["mean"], "local": m["fine_tuned"]["mean"], "ci95": m["ci95"]} for k, m in summ["metrics"].items()})
 
-Migration._step_evaluate = _step_evaluate
-
 # %% ../nbs/10_migrate.ipynb #2e02f39b
+@patch
 def _step_deploy(self:Migration)->dict|None:
     if not self.alias: return None
     if self.state.done("deploy") and self.state.get("deploy").get("alias") == self.alias: return self.state.get("deploy")
@@ -316,8 +285,6 @@ def _step_deploy(self:Migration)->dict|None:
                              hint="check the alias name (letters, digits, . _ -) and the server's API key; then re-run")
     self.say(f"alias {self.alias!r} now serves {t['model_id']} on {self.target_url}")
     return self.state.record("deploy", alias=self.alias, model=t["model_id"], response=r.json())
-
-Migration._step_deploy = _step_deploy
 
 # %% ../nbs/10_migrate.ipynb #cf0ccb8f
 def _step_report(self:Migration)->Path:
@@ -361,15 +328,13 @@ class MigrationResult:
     alias:str|None=None    # the alias now serving it, if deployed
     state:dict=field(default_factory=dict, repr=False)
 
-def _run(self:Migration)->MigrationResult:
+@patch
+def run(self:Migration)->MigrationResult:
     "Run every step not done yet."
     src = self._step_source(); self._step_plan(); tr = self._step_train(); ev = self._step_evaluate(); self._step_deploy()
     rep = _step_report(self)
     self.say(f"report: {rep}")
     return MigrationResult(self.folder, rep, ev["verdict"], src["fine_tuned_model"], tr["model_id"], self.alias, self.state.data)
-
-Migration.run = _run
-
 def migrate(
     job_id:str,                    # the source job, "ftjob-..."
     source_client=None,            # `openai.OpenAI` / `OpenAIFineTuner` for the source (default: OpenAI from the environment)

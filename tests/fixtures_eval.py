@@ -73,7 +73,7 @@ def tiny_random_adapter(tiny_random_path):
 @pytest.fixture(scope="session")
 def tiny_random_model(tiny_random_path):
     "(model, tokenizer) of the tiny random Llama, loaded once."
-    from finetune_nb.infer import load_model
+    from finetune_nb.models import load_model
     return load_model(tiny_random_path, device="cpu")
 
 

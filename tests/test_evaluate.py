@@ -196,7 +196,8 @@ def test_judge_prompt_shape():
 # ---------------------------------------------------------------- local models: a real difference, report and plots
 
 def test_base_vs_adapter_on_held_out_demo_set(tiny_random_path, tiny_random_adapter, tiny_random_model, tmp_path):
-    from finetune_nb.infer import LocalChatClient, AsyncLocalChatClient, load_model
+    from finetune_nb.infer import LocalChatClient, AsyncLocalChatClient
+    from finetune_nb.models import load_model
     from finetune_nb.demo import make_demo_data
     _, test = make_demo_data(n_train=10, n_test=8, seed=0)
     base = AsyncLocalChatClient(client=LocalChatClient(tiny_random_path, model=tiny_random_model[0], tokenizer=tiny_random_model[1]))

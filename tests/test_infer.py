@@ -3,9 +3,10 @@ import asyncio, threading, time
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from finetune_nb.core import ConfigError, ModelLoadError
-from finetune_nb.infer import (load_model, build_prompt, normalize_messages, generate_chat, stream_chat, Generation,
-                               LocalChatClient, AsyncLocalChatClient, model_lock)
+from finetune_nb.core import ConfigError, DataError, ModelLoadError
+from finetune_nb.data import normalize_messages
+from finetune_nb.models import load_model
+from finetune_nb.infer import (build_prompt, generate_chat, stream_chat, Generation, LocalChatClient, AsyncLocalChatClient, model_lock)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,7 +28,7 @@ def test_build_prompt_uses_chat_template_and_drops_extra_keys(mt):
     p = build_prompt(tok, [{"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}], "weight": 0}])
     assert p == "<s><|user|>\nhello</s><|assistant|>\n"
     assert normalize_messages([{"role": "user", "content": None, "name": "x"}]) == [{"role": "user", "content": ""}]
-    with pytest.raises(ConfigError, match="role"): normalize_messages([{"content": "x"}])
+    with pytest.raises(DataError, match=r"messages\[0\]\.role"): normalize_messages([{"content": "x"}])
 
 
 def test_no_chat_template_is_a_clear_error(mt):
@@ -192,7 +193,7 @@ def test_embedded_tiny_model_by_name():
 def test_full_finetune_dir_in_place_of_adapter(tiny_random_path):
     "LocalFineTuner(method='full') writes a whole model; passing it where an adapter goes loads that model."
     import torch
-    from finetune_nb.infer import load_model
+    from finetune_nb.models import load_model
     m1, _ = load_model("finetune-nb/not-a-base", adapter=tiny_random_path, device="cpu")
     m2, _ = load_model(tiny_random_path, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from finetune_nb.core import ConfigError, DataError, TrainingError
-from finetune_nb.lora import (ChatCollator, LocalFineTuner, LoRAConfig, TrainingConfig, ensure_pad_token,
+from finetune_nb.lora import (ChatCollator, LocalFineTuner, LoRAConfig, TrainingConfig,
                               tokenize_conversation, tokenize_dataset)
+from finetune_nb.models import ensure_pad_token
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVO = [{"role": "system", "content": "be brief"},

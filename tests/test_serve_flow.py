@@ -147,7 +147,8 @@ def test_openai_fine_tuner_against_server(flow_srv):
 
 def test_prompt_consistency(flow_srv, serve_base_model):
     "The prompt the server builds for a conversation is exactly what the trainer trained on (same template, same special tokens)."
-    from finetune_nb.infer import load_model, build_prompt
+    from finetune_nb.models import load_model
+    from finetune_nb.infer import build_prompt
     from finetune_nb.lora import tokenize_conversation
     _, tok = load_model(serve_base_model, device="cpu")
     from finetune_nb.demo import make_demo_data
