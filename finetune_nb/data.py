@@ -661,5 +661,5 @@ class DatasetBuilder:
         elif val_frac >= 0.5: raise ConfigError(f"split: val_frac={val_frac} would hold out most of the data",
                                                 hint="split(val_frac=0.1) holds out 10%; the guide's split(0.9) is split(train_ratio=0.9)")
         return split(self.dataset, val_frac, seed)
-    def export_openai(self, path:str|Path)->Path: return write_openai_jsonl(self.dataset, path)
-    def export_alpaca(self, path:str|Path)->Path: return write_alpaca(self.dataset, path)
+    def export_openai(self, filepath:str|Path)->Path: return write_openai_jsonl(self.dataset, filepath)
+    def export_alpaca(self, filepath:str|Path)->Path: return write_alpaca(self.dataset, filepath)

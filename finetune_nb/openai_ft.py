@@ -152,17 +152,26 @@ def _payload(data, name:str|None)->tuple[str, bytes, Any]:
     return name or "train.jsonl", _jsonl_bytes(recs), report
 
 # %% ../nbs/03_openai.ipynb #2121983b
+def _synonym(name:str, value, alias:str, alias_value):
+    "`value`, or `alias_value` when only the synonym was given; both is an error."
+    if alias_value is None: return value
+    if value is not None and value != alias_value: raise ConfigError(f"pass {name} or {alias}, not both")
+    return alias_value
+
 @patch
 def upload_file(self:OpenAIFineTuner,
-    data,                         # a data file path, or a ChatDataset / list of record dicts / Conversations
+    data=None,                    # a data file path, or a ChatDataset / list of record dicts / Conversations
     purpose:str="fine-tune",      # OpenAI file purpose
     validate:bool=True,           # run the data module's checks first (purpose "fine-tune") and refuse on errors
     wait:bool=True,               # poll until the file is processed
     poll_interval:float=1.0,      # seconds between polls while processing
     max_wait:float=600.0,         # give up waiting after this many seconds
     filename:str|None=None,       # name shown in the OpenAI dashboard (default: from the path, or train.jsonl)
+    filepath:str|Path|None=None,  # the guide's name for a `data` path
 ):                                # the SDK's `FileObject`
     "Validate `data`, upload it as chat JSONL, and wait until OpenAI has processed it."
+    data = _synonym("data", data, "filepath", filepath)
+    if data is None: raise ConfigError("upload_file needs data (a path, or records)")
     if validate and purpose == "fine-tune": name, body, _ = _payload(data, filename)
     elif isinstance(data, (str, Path)): name, body = filename or Path(data).name, Path(data).read_bytes()
     else: name, body = filename or "train.jsonl", _jsonl_bytes(fdata.to_records(data))
@@ -188,12 +197,6 @@ def wait_for_file(self:OpenAIFineTuner,
         self.sleep(poll_interval)
 
 # %% ../nbs/03_openai.ipynb #0606b235
-def _synonym(name:str, value, alias:str, alias_value):
-    "`value`, or `alias_value` when only the synonym was given; both is an error."
-    if alias_value is None: return value
-    if value is not None and value != alias_value: raise ConfigError(f"pass {name} or {alias}, not both")
-    return alias_value
-
 @patch
 def _file_id(self:OpenAIFineTuner, x)->str|None:
     if isinstance(getattr(x, "id", None), str) and getattr(x, "object", None) == "file": return x.id   # an SDK FileObject
