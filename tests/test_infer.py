@@ -105,7 +105,7 @@ def test_stream_close_stops_generation(mt):
     assert not s._thread.is_alive() and s.completion_tokens < 400
 
 
-def test_adapter_changes_outputs_and_4bit_loads(tiny_random_path, tiny_random_adapter, mt):
+def test_adapter_changes_outputs_and_4bit_loads(tiny_random_path, tiny_random_adapter, tiny_model_path, mt):
     base = generate_chat(*mt, CONVS, max_new_tokens=8)
     m, t = load_model(tiny_random_path, adapter=tiny_random_adapter, device="cpu")
     from peft import PeftModel
@@ -113,10 +113,12 @@ def test_adapter_changes_outputs_and_4bit_loads(tiny_random_path, tiny_random_ad
     tuned = generate_chat(m, t, CONVS, max_new_tokens=8)
     assert [g.text for g in tuned] != [g.text for g in base]
     import bitsandbytes as bnb
-    m4, t4 = load_model(tiny_random_path, device="cpu", load_in_4bit=True)
+    # 4-bit on the embedded tiny model (bitsandbytes 0.50.2's CPU 4-bit matmul fails on layers narrower than 64, like the random toy's)
+    m4, t4 = load_model(tiny_model_path, device="cpu", load_in_4bit=True)
     assert any(isinstance(x, bnb.nn.Linear4bit) for x in m4.modules())
-    g4 = generate_chat(m4, t4, CONVS[:1], max_new_tokens=4)[0]
-    assert g4.completion_tokens == 4 and g4.prompt_tokens == base[0].prompt_tokens
+    g4 = generate_chat(m4, t4, CONVS[:1], max_new_tokens=4, stop=None)[0]
+    n_prompt = len(t4(build_prompt(t4, CONVS[0]), add_special_tokens=False)["input_ids"])
+    assert g4.completion_tokens <= 4 and g4.prompt_tokens == n_prompt and (g4.completion_tokens == 4 or g4.finish_reason == "stop")
 
 
 def test_load_errors_say_what_and_how(tmp_path, tiny_random_path):
