@@ -12,7 +12,7 @@ import openai
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import ConfigError, RemoteError, get_logger, make_client, run_sync
+from .core import ConfigError, RemoteError, describe_api_error, get_logger, make_client, run_sync
 from . import data as fdata
 
 # %% auto #0
@@ -72,7 +72,6 @@ _RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConne
 
 def _norm(s:str)->str: return " ".join(re.sub(r"[^\w\s]", " ", s.casefold()).split())
 
-from .openai_ft import _describe   # "HTTP 429: <OpenAI's message>" for SDK errors
 
 class DataAugmenter:
     "Paraphrase the user turns of chat examples with an LLM to make new training examples."
@@ -139,8 +138,8 @@ async def paraphrases(self:DataAugmenter,
             return out[:n], None, attempt + 1
         except _RETRYABLE as e:
             if isinstance(e, openai.APIStatusError) and e.status_code < 500 and e.status_code not in (408, 409, 429):
-                return [], _describe(e), attempt + 1          # a 4xx other than these will not get better
-            last, err = e, _describe(e)
+                return [], describe_api_error(e), attempt + 1          # a 4xx other than these will not get better
+            last, err = e, describe_api_error(e)
             _log.info("paraphrase attempt %d failed: %s", attempt + 1, err)
     return [], err, self.max_retries + 1
 

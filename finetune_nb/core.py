@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ['ENV_DATA_DIR', 'MODEL_LOCK', 'Config', 'get_config', 'FinetuneNBError', 'ConfigError', 'DataError',
            'DataValidationError', 'ModelLoadError', 'TrainingError', 'RemoteError', 'JobFailedError', 'redact',
            'RedactingFilter', 'get_logger', 'atomic_write', 'atomic_write_json', 'run_sync', 'make_client',
-           'make_clients']
+           'make_clients', 'describe_api_error']
 
 # %% ../nbs/00_core.ipynb #f239bc66
 ENV_DATA_DIR = "FINETUNE_NB_DATA_DIR"
@@ -163,3 +163,13 @@ def make_clients(base_url:str|None=None, api_key:str|None=None, timeout:float=60
     "`(sync, async)` clients for the same endpoint."
     kw = dict(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
     return make_client(**kw), make_client(**kw, async_=True)
+
+def describe_api_error(
+    e:Exception, # an exception from the openai SDK (or anything else)
+)->str:          # e.g. "HTTP 429: Rate limit reached"
+    "Short text for an SDK error: status code and OpenAI's message."
+    import openai
+    if isinstance(e, openai.APIStatusError):
+        msg = e.body.get("message") if isinstance(e.body, dict) else None
+        return f"HTTP {e.status_code}: {msg or e.message}"
+    return f"{type(e).__name__}: {e}"

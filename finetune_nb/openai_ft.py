@@ -14,7 +14,7 @@ import openai
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import ConfigError, DataError, RemoteError, JobFailedError, get_logger, make_client
+from .core import ConfigError, DataError, RemoteError, JobFailedError, describe_api_error, get_logger, make_client
 from . import data as fdata
 
 # %% auto #0
@@ -65,12 +65,6 @@ class FineTuneJob:
 # %% ../nbs/03_openai.ipynb #61f07e4c
 _RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)  # 429, 5xx, network (incl. timeouts)
 
-def _describe(e:Exception)->str:
-    "Short text for an SDK error: status code and OpenAI's message."
-    if isinstance(e, openai.APIStatusError):
-        msg = e.body.get("message") if isinstance(e.body, dict) else None
-        return f"HTTP {e.status_code}: {msg or e.message}"
-    return f"{type(e).__name__}: {e}"
 
 def _sync_twin(c:openai.AsyncOpenAI)->openai.OpenAI:
     "An `openai.OpenAI` for the same endpoint, key, organization and project as the async client `c`."
@@ -124,12 +118,12 @@ class OpenAIFineTuner:
                 delay = self._delay(attempt)
                 if deadline is not None: delay = min(delay, max(0.0, deadline - self.clock()))
                 if attempt == retries or (deadline is not None and self.clock() >= deadline):
-                    raise RemoteError(f"{what} failed after {attempt+1} attempt(s): {_describe(e)}",
+                    raise RemoteError(f"{what} failed after {attempt+1} attempt(s): {describe_api_error(e)}",
                         hint=f"the API at {self.client.base_url} keeps failing; check its status page or retry later") from e
-                _log.warning("%s: %s; retrying in %.2fs", what, _describe(e), delay)
+                _log.warning("%s: %s; retrying in %.2fs", what, describe_api_error(e), delay)
                 self.sleep(delay)
             except openai.APIError as e:
-                raise RemoteError(f"{what} failed: {_describe(e)}", hint="check the id and the arguments") from e
+                raise RemoteError(f"{what} failed: {describe_api_error(e)}", hint="check the id and the arguments") from e
 
 # %% ../nbs/03_openai.ipynb #f4f5635c
 def _jsonl_bytes(records:list[dict])->bytes:
@@ -254,8 +248,8 @@ def cancel_job(self:OpenAIFineTuner,
 @patch
 def _collect(self:OpenAIFineTuner, what:str, pager:Callable, limit:int|None)->list:
     try: return list(islice(iter(pager()), limit))
-    except _RETRYABLE as e: raise RemoteError(f"{what} failed: {_describe(e)}", hint="retry later") from e
-    except openai.APIError as e: raise RemoteError(f"{what} failed: {_describe(e)}", hint="check the id") from e
+    except _RETRYABLE as e: raise RemoteError(f"{what} failed: {describe_api_error(e)}", hint="retry later") from e
+    except openai.APIError as e: raise RemoteError(f"{what} failed: {describe_api_error(e)}", hint="check the id") from e
 
 @patch
 def list_jobs(self:OpenAIFineTuner,
@@ -357,9 +351,9 @@ async def wait_for_completion_async(self:OpenAIFineTuner,
         try: job = FineTuneJob.from_openai(await self.async_client.fine_tuning.jobs.retrieve(job_id)); attempt = 0
         except _RETRYABLE as e:
             if timeout is not None and time.monotonic() - t0 >= timeout or timeout is None and attempt >= self.retries:
-                raise RemoteError(f"gave up waiting for fine-tuning job {job_id}: {_describe(e)}", hint="retry later") from e
+                raise RemoteError(f"gave up waiting for fine-tuning job {job_id}: {describe_api_error(e)}", hint="retry later") from e
             await asyncio.sleep(self._delay(attempt)); attempt += 1; continue
-        except openai.APIError as e: raise RemoteError(f"polling job {job_id} failed: {_describe(e)}") from e
+        except openai.APIError as e: raise RemoteError(f"polling job {job_id} failed: {describe_api_error(e)}") from e
         if job.done: return _final(job, raise_on_failure)
         if timeout is not None and time.monotonic() - t0 >= timeout:
             raise RemoteError(f"fine-tuning job {job_id} is still {job.status!r} after {timeout}s", hint="call it again to keep waiting")
