@@ -12,8 +12,8 @@ from typing import Any
 # %% auto #0
 __all__ = ['ENV_DATA_DIR', 'MODEL_LOCK', 'Config', 'get_config', 'FinetuneNBError', 'ConfigError', 'DataError',
            'DataValidationError', 'ModelLoadError', 'TrainingError', 'RemoteError', 'JobFailedError', 'redact',
-           'RedactingFilter', 'get_logger', 'atomic_write', 'atomic_write_json', 'run_sync', 'make_client',
-           'make_clients', 'describe_api_error']
+           'RedactingFilter', 'get_logger', 'atomic_write', 'atomic_write_json', 'DataDirLock', 'run_sync',
+           'make_client', 'make_clients', 'describe_api_error']
 
 # %% ../nbs/00_core.ipynb #f239bc66
 ENV_DATA_DIR = "FINETUNE_NB_DATA_DIR"
@@ -117,6 +117,35 @@ def atomic_write_json(path:str|Path, obj:Any, **kw)->Path:
 
 # %% ../nbs/00_core.ipynb #b2c3d4e5
 MODEL_LOCK = threading.RLock()   # held while a model is built or loaded (transformers patches process-wide state meanwhile)
+
+# %% ../nbs/00_core.ipynb #f7f81a59
+class DataDirLock:
+    "Exclusive ownership of a state directory for this process (POSIX `flock`; released when the process ends)."
+    def __init__(self,
+        dir:str|Path,           # the directory to own (created if missing)
+        what:str="data dir",    # how error messages name it
+    ):
+        self.dir, self.what, self._fd = Path(dir), what, None
+
+    def acquire(self)->DataDirLock:
+        "Take the lock, or raise `ConfigError` naming the process that holds it."
+        import fcntl
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir/"owner.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"another process (pid {holder}) owns the {self.what} {self.dir}",
+                              hint=f"stop that process, or give this one its own {self.what}") from None
+        os.ftruncate(fd, 0); os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None: os.close(self._fd); self._fd = None
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *a): self.release()
 
 # %% ../nbs/00_core.ipynb #a4e063e4
 class _BackgroundLoop:
