@@ -545,6 +545,13 @@ def _as_tuner(source):
 
 def _dump(x): return x.model_dump() if hasattr(x, "model_dump") else x
 
+def _source_jobs(src)->list:
+    "Every job of the source account, oldest first; a 401 says which key to fix."
+    try: return sorted(src.list_jobs(limit=None, page_size=100), key=lambda j: (j.created_at or 0, j.job_id))
+    except RemoteError as e:
+        if not is_auth_error(e): raise
+        raise RemoteError(e.message, hint="the source rejected the key: set $OPENAI_API_KEY to a key of the account") from e
+
 @patch
 def _add_job(self:Archive, src, job)->bool:
     "Archive one job (with events and checkpoints) unless it is archived and finished; whether it was fetched."
@@ -593,7 +600,7 @@ def archive_account(
     from tqdm.auto import tqdm
     src, ar = _as_tuner(source), Archive(folder)
     ar.manifest["source"] = str(src.client.base_url)
-    jobs = sorted(src.list_jobs(limit=None, page_size=100), key=lambda j: (j.created_at or 0, j.job_id))
+    jobs = _source_jobs(src)
     listed = {f.id: f for f in src._collect("listing files", lambda: src.client.files.list(), None)}
     used = {}
     for j in jobs:
@@ -736,7 +743,7 @@ def migrate_all(
     ar = Archive(archive) if archive is not None and Archive(archive).exists else None
     folder = Path(folder); path = folder/"fleet.json"
     state = json.loads(path.read_text()) if path.exists() else {"jobs": {}, "aliases": {}}
-    jobs = ar.jobs() if ar is not None else [_dump(j.raw) for j in sorted(src.list_jobs(limit=None, page_size=100), key=lambda j: (j.created_at or 0, j.job_id))]
+    jobs = ar.jobs() if ar is not None else [_dump(j.raw) for j in _source_jobs(src)]
     t0 = parse_since(since)
     state.update(source=ar.manifest["source"] if ar else str(src.client.base_url), read_from="archive" if ar else "source",
                  target_url=kw.get("target_url"), base_model=target)

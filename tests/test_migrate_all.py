@@ -81,6 +81,10 @@ def test_archive_then_migrate_all(account, tmp_path, monkeypatch):
     rc, out, err = run_cli("migrate", "ftjob-nope", "--base-url", src.base_url, "--folder", tmp_path/"nope")
     assert rc == 1 and "cannot read source job 'ftjob-nope'" in err and "`finetune-nb jobs`" in err and "list_jobs()" not in err
     assert not (tmp_path/"nope").exists()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-nope")
+    rc, out, err = run_cli("archive", "--out", tmp_path/"bad-key", "--base-url", src.base_url)
+    assert rc == 1 and "HTTP 401" in err and "the source rejected the key: set $OPENAI_API_KEY" in err and not (tmp_path/"bad-key").exists()
+    monkeypatch.setenv("OPENAI_API_KEY", SRC_KEY)
     assert target_jobs(tgt) == []
 
     # 3. migrate --all, interrupted (Ctrl-C) while the second job trains on the target
