@@ -18,8 +18,8 @@ log = get_logger("finetune_nb.migrate")
 # %% auto #0
 __all__ = ['log', 'SETTING_SOURCES', 'ADVICE_IF_WORSE', 'TARGET_KEY_ENV', 'OPENAI_THREE', 'plan_training', 'training_settings',
            'source_differences', 'MigrationError', 'MigrationState', 'verdict', 'Migration', 'is_auth_error',
-           'job_suffix', 'MigrationResult', 'migrate', 'Archive', 'archive_account', 'fleet_aliases', 'parse_since',
-           'skip_reason', 'FleetResult', 'write_fleet_report', 'migrate_all']
+           'job_suffix', 'MigrationResult', 'migrate', 'write_json_if_changed', 'Archive', 'archive_account',
+           'fleet_aliases', 'parse_since', 'skip_reason', 'FleetResult', 'write_fleet_report', 'migrate_all']
 
 # %% ../nbs/10_migrate.ipynb #eae84b82
 def plan_training(
@@ -503,6 +503,15 @@ def migrate(
     return Migration(job_id, target, source=source_client, **kw).run()
 
 # %% ../nbs/10_migrate.ipynb #641c31c4
+def write_json_if_changed(
+    path:str|Path, # destination
+    obj,           # JSON-serialisable
+)->bool:           # whether the file was (re)written
+    "Write `obj` as sorted, indented JSON atomically, only when the content differs: an idle re-run changes nothing on disk."
+    path, text = Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    if path.exists() and path.read_text() == text: return False
+    atomic_write(path, text); return True
+
 def _safe_name(name:str)->str: return re.sub(r"[^A-Za-z0-9._-]", "_", Path(name or "file").name)[:128] or "file"
 
 class Archive:
@@ -532,9 +541,7 @@ class Archive:
 
     def save(self)->bool:
         "Write the manifest if it changed (atomically); whether it did."
-        text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str) + "\n"
-        if self.path.exists() and self.path.read_text() == text: return False
-        atomic_write(self.path, text); return True
+        return write_json_if_changed(self.path, self.manifest)
 
     def __repr__(self): return f"Archive({self.folder}, {len(self.manifest['jobs'])} jobs, {len(self.manifest['files'])} files)"
 
@@ -722,11 +729,6 @@ def write_fleet_report(
     return atomic_write(path, "\n".join(lines) + "\n")
 
 # %% ../nbs/10_migrate.ipynb #71fccb5d
-def _save_if_changed(path:Path, obj:dict)->bool:
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    if path.exists() and path.read_text() == text: return False
-    atomic_write(path, text); return True
-
 def migrate_all(
     source=None,                    # the account: an `OpenAIFineTuner` or `openai.OpenAI` (default: OpenAI from the environment)
     target:str="finetune-nb/tiny",  # the local base model every job is migrated to
@@ -755,7 +757,7 @@ def migrate_all(
         e = state["jobs"].get(j["id"], {})
         if reasons[j["id"]]: state["jobs"][j["id"]] = {"job_id": j["id"], "status": "skipped", "job_status": j.get("status"), "reason": reasons[j["id"]]}
         elif e.get("status") != "migrated": state["jobs"][j["id"]] = {"job_id": j["id"], "status": "pending", **({"error": e["error"]} if "error" in e else {})}
-    _save_if_changed(path, state)
+    write_json_if_changed(path, state)
     interrupted = False
     try:
         for j in todo:
@@ -769,7 +771,7 @@ def migrate_all(
             except FinetuneNBError as e:
                 state["jobs"][jid] = {"job_id": jid, "status": "failed", "error": e.message, "hint": e.hint}
                 print(f"[migrate --all] {jid} failed: {e.message}")
-            _save_if_changed(path, state)
+            write_json_if_changed(path, state)
     except KeyboardInterrupt: interrupted = True; raise
     finally:
         rep = write_fleet_report(state, folder/"fleet-report.md", interrupted)
