@@ -1,5 +1,5 @@
 "Leaving a platform: `finetune-nb archive` then `finetune-nb migrate --all`, between two real loopback servers with API keys (one plays OpenAI)."
-import hashlib, json
+import hashlib, json, time
 from pathlib import Path
 import pytest
 from finetune_nb.cli import run_cli
@@ -25,15 +25,19 @@ def account(start_server, tmp_path, monkeypatch):
     for name, seed in (("triage", 1), ("legal", 2), ("gone", 3)):
         train, test = make_demo_data(n_train=24, n_test=12, seed=seed)
         data[name] = write_openai_jsonl(train, tmp_path/f"{name}-train.jsonl"), write_openai_jsonl(test, tmp_path/f"{name}-valid.jsonl")
-    gone = ft.create_job(ft.upload_file(data["gone"][0]).id, model="finetune-nb/tiny", hyperparameters={"max_steps": 5000})
-    ft.cancel_job(gone.job_id)
-    ft.client.files.delete(gone.training_file)      # the source no longer serves it: the archive must say so
     jobs = {}
     for name in ("triage", "legal"):
         run = ft.fine_tune(data[name][0], model="finetune-nb/tiny", validation_data=data[name][1], suffix=name, seed=7,
                            hyperparameters=HP, poll_interval=0.5, timeout=600, progress=False)
         assert run.job.status == "succeeded"
         jobs[name] = run.job
+    gone = ft.create_job(ft.upload_file(data["gone"][0]).id, model="finetune-nb/tiny", hyperparameters={"max_steps": 5000})
+    t0 = time.monotonic()
+    while ft.get_job_status(gone.job_id).status != "running":   # cancel a running job (cancelling a queued one races the worker)
+        assert time.monotonic() - t0 < 120, "the job to cancel never started"
+        time.sleep(0.2)
+    ft.cancel_job(gone.job_id)
+    ft.client.files.delete(gone.training_file)      # the source no longer serves it: the archive must say so
     jobs["gone"] = ft.get_job_status(gone.job_id)
     assert jobs["gone"].status == "cancelled"
     return src, tgt, ft, jobs, data
