@@ -333,6 +333,7 @@ def migrate(
     from finetune_nb.openai_ft import OpenAIFineTuner
     if bool(job_id) == all_: raise UsageError("give a job id or --all (not both)", hint="`finetune-nb jobs` lists the account's jobs")
     if all_ and alias: raise UsageError("--alias names one model; with --all aliases follow the naming rule", hint="use --alias-prefix")
+    if not all_ and (status or since or model or alias_prefix): raise UsageError("--status, --since, --model and --alias-prefix select jobs for --all")
     kw = {k: v for k, v in dict(method=method, target_url=target_url, eval_limit=eval_limit, judge_model=judge_model).items() if v is not None}
     kw.update(target_key_env=target_key_env, max_tokens=max_tokens, cli=True, overrides={"max_steps": max_steps} if max_steps else None)
     src = OpenAIFineTuner(base_url=base_url)

@@ -18,8 +18,9 @@ log = get_logger("finetune_nb.migrate")
 # %% auto #0
 __all__ = ['log', 'SETTING_SOURCES', 'ADVICE_IF_WORSE', 'TARGET_KEY_ENV', 'OPENAI_THREE', 'plan_training', 'training_settings',
            'source_differences', 'MigrationError', 'MigrationState', 'verdict', 'Migration', 'is_auth_error',
-           'job_suffix', 'MigrationResult', 'migrate', 'write_json_if_changed', 'Archive', 'archive_account',
-           'fleet_aliases', 'parse_since', 'skip_reason', 'FleetResult', 'write_fleet_report', 'migrate_all']
+           'job_suffix', 'lr_above_plan', 'MigrationResult', 'migrate', 'write_json_if_changed', 'Archive',
+           'archive_account', 'fleet_aliases', 'parse_since', 'skip_reason', 'FleetResult', 'write_fleet_report',
+           'migrate_all']
 
 # %% ../nbs/10_migrate.ipynb #eae84b82
 def plan_training(
@@ -342,6 +343,18 @@ def _create_target_job(self:Migration, tgt, hp:dict, **kw):
             dropped[k] = hp.pop(k)
             self.say(f"the target refuses hyperparameters.{k}={dropped[k]!r}: it trains with its own value instead (listed in the report)")
 
+def lr_above_plan(
+    events:list,       # the target job's events (SDK objects or dicts)
+    planned_lr:float,  # the run's planned peak learning rate
+)->list[str]:          # a difference to report, or nothing
+    "A one-sided check of the target's mapping: no logged learning rate may exceed the planned peak (warmup and decay only lower it)."
+    data = [getattr(e, "data", None) if not isinstance(e, dict) else e.get("data") for e in events]
+    lrs = [d["learning_rate"] for d in data if isinstance(d, dict) and isinstance(d.get("learning_rate"), (int, float))]
+    peak = max(lrs, default=None)
+    if peak is None or peak <= planned_lr * 1.01: return []
+    return [f"learning rate: planned peak {planned_lr:.3g}, but the target job logged {peak:.3g}: the target maps "
+            "learning_rate_multiplier to a different rate (its reference rate is not this run's)"]
+
 def _train_remote(self:Migration)->dict:
     plan, src, tgt = self.state.get("plan"), self.state.get("source"), _target_tuner(self)
     part = self.state.partial("train")
@@ -366,10 +379,13 @@ def _train_remote(self:Migration)->dict:
     except FinetuneNBError: loss = []
     self.say(f"target job {job_id} succeeded: {job.fine_tuned_model}")
     dropped = self.state.partial("train").get("dropped", {})
+    try: events = tgt.list_events(job_id, limit=None, page_size=100)
+    except FinetuneNBError: events = []
     sent = {k: v for k, v in hp.items() if k not in dropped}
     diffs = [f"hyperparameters.{k}={v!r} was refused by the target server, which trained with its own value" for k, v in dropped.items()]
     diffs += [f"{k}: sent {sent[k]!r}, the target job reports {job.hyperparameters[k]!r}" for k in OPENAI_THREE
               if k in sent and k in job.hyperparameters and float(job.hyperparameters[k]) != float(sent[k])]
+    diffs += lr_above_plan(events, plan["training"]["lr"])
     return {"where": "server", "job_id": job_id, "model_id": job.fine_tuned_model, "loss_history": loss, "sent": sent,
             "target_hyperparameters": job.hyperparameters, "target_differences": diffs, "trained_tokens": job.trained_tokens,
             "seconds": (job.finished_at - job.created_at) if job.finished_at and job.created_at else None}
