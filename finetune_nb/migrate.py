@@ -730,7 +730,8 @@ def write_fleet_report(
     todo = [jid for jid, j in jobs.items() if j["status"] == "pending"]
     lines = [f"# Fleet migration: {len(done)} of {len(jobs)} jobs migrated", "",
              f"Source: {state.get('source')}; target: {state.get('target_url') or 'in-process'}; base model `{state.get('base_model')}`. "
-             "Verdict: local vs source on each job's validation data (difference in the overall score, paired bootstrap 95% CI).", "",
+             "Verdict: local vs source on each job's validation data (difference in the overall score, paired bootstrap 95% CI). "
+             "Training time: the target job's wall clock, queue included.", "",
              "| source job | source model | local model | alias | verdict (difference, 95% CI) | training time | tokens trained | report |",
              "|---|---|---|---|---|---|---|---|"]
     for r in done:
