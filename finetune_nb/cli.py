@@ -11,9 +11,10 @@ from fastcore.docments import docments
 from .core import FinetuneNBError, ConfigError, DataError, get_config
 
 # %% auto #0
-__all__ = ['COMMANDS', 'FORMAT', 'METHOD', 'PIPELINES_DIR', 'PIPELINES', 'command', 'make_parser', 'UsageError', 'main',
-           'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split', 'train', 'eval_', 'migrate',
-           'env_info', 'parse_param', 'pipeline_path', 'run_pipeline', 'headline_lines', 'run', 'demo', 'serve']
+__all__ = ['COMMANDS', 'FORMAT', 'METHOD', 'PIPELINES_DIR', 'PIPELINES', 'command', 'make_parser', 'emit_json', 'json_mode',
+           'UsageError', 'main', 'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split', 'train',
+           'eval_', 'migrate', 'archive', 'jobs', 'env_info', 'parse_param', 'pipeline_path', 'run_pipeline',
+           'headline_lines', 'run', 'demo', 'serve']
 
 # %% ../nbs/10_cli.ipynb #1d6c54a9
 COMMANDS:dict = {}  # name -> (function, extra argparse kwargs per parameter)
@@ -52,7 +53,7 @@ def _add_params(p:argparse.ArgumentParser, f, extra:dict):
             if anno is not bool and dflt not in (None, False, [], ()): kw["help"] = f"{doc} (default: {dflt})"
         kw.update({a: b for a, b in extra.get(k, {}).items() if a != "flags"})
         flags = extra.get(k, {}).get("flags") or ([k] if positional else [f"--{k.replace('_', '-')}"])
-        if not positional: kw["dest"] = k
+        if not positional and flags[0].startswith("-"): kw["dest"] = k
         p.add_argument(*flags, **kw)
 
 def make_parser()->argparse.ArgumentParser:
@@ -66,6 +67,29 @@ def make_parser()->argparse.ArgumentParser:
         sp = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc)
         _add_params(sp, f, extra)
     return p
+
+# %% ../nbs/10_cli.ipynb #44684055
+import contextlib
+
+_JSON_OUT = None   # the real stdout while a `--json` command runs (its own prints go to stderr)
+
+def emit_json(
+    obj, # the command's result
+):
+    "Print `obj` as the command's one JSON document, on stdout even while `json_mode` sends other output to stderr."
+    print(json.dumps(obj, ensure_ascii=False, default=str), file=_JSON_OUT or sys.stdout, flush=True)
+
+@contextlib.contextmanager
+def json_mode(
+    on:bool, # whether the command was given --json
+):
+    "While on: stdout goes to stderr, and `emit_json` writes to the real stdout."
+    global _JSON_OUT
+    if not on: yield; return
+    prev, _JSON_OUT = _JSON_OUT, sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr): yield
+    finally: _JSON_OUT = prev
 
 # %% ../nbs/10_cli.ipynb #bcda54da
 class UsageError(ConfigError):
@@ -91,7 +115,8 @@ def main(
     if not a.cmd: p.print_help(sys.stderr); return 2
     f, _ = COMMANDS[a.cmd]
     kw = {k: v for k, v in vars(a).items() if k != "cmd"}
-    try: return int(f(**kw) or 0)
+    try:
+        with json_mode(bool(kw.get("json") or kw.get("as_json"))): return int(f(**kw) or 0)
     except ConfigError as e: print(f"finetune-nb {a.cmd}: error: {_one_line(e)}", file=sys.stderr); return 2
     except FinetuneNBError as e: print(f"finetune-nb {a.cmd}: error: {_one_line(e)}", file=sys.stderr); return 1
     except KeyboardInterrupt: print(f"finetune-nb {a.cmd}: interrupted", file=sys.stderr); return 130
@@ -150,8 +175,7 @@ def validate(
     from finetune_nb.data import validate_file
     rep = validate_file(_need_file(file), format=format, model=model, max_tokens=max_tokens)
     if json:
-        import json as _json
-        print(_json.dumps(rep.to_dict(), ensure_ascii=False))
+        emit_json(rep.to_dict())
     else:
         for i in rep.errors: print(f"error: {i}")
         for i in rep.warnings: print(f"warning: {i}")
@@ -170,8 +194,7 @@ def stats(
     from finetune_nb.data import validate_file
     rep = validate_file(_need_file(file), format=format, model=model)
     if json:
-        import json as _json
-        print(_json.dumps(rep.stats, ensure_ascii=False))
+        emit_json(rep.stats)
     else: print(preflight_report(rep, title=str(file)))
     return 0
 
@@ -208,8 +231,7 @@ def split(
     ptr, pva = data.write_openai_jsonl(tr, d/f"{stem}_train.jsonl"), data.write_openai_jsonl(va, d/f"{stem}_val.jsonl")
     res = {"train": str(ptr), "val": str(pva), "n_train": len(tr), "n_val": len(va), "seed": seed}
     if json:
-        import json as _json
-        print(_json.dumps(res))
+        emit_json(res)
     else: print(f"train: {len(tr)} → {ptr}\nval:   {len(va)} → {pva}")
     return 0
 
@@ -246,8 +268,7 @@ def train(
                         output_dir=output_dir)
     res = ft.train(src, eval_data=val, resume_from_checkpoint=True if resume else None)
     if json:
-        import json as _json
-        print(_json.dumps(res.to_dict(), default=str))
+        emit_json(res.to_dict())
     else: print(f"{res.steps} steps in {res.seconds:.0f}s: final loss {res.final_loss}, eval loss {res.eval_loss}\nsaved: {res.adapter_dir}")
     return 0
 
@@ -285,28 +306,85 @@ def eval_(
         if "." not in k: print(f"  {k:22s} base {b['base']['mean']:.3f}  →  fine-tuned {b['fine_tuned']['mean']:.3f}")
     return 0
 
-@command(target=dict(flags=["--to"]), as_json=dict(flags=["--json"]))
+@command(target=dict(flags=["--to"]), as_json=dict(flags=["--json"]), job_id=dict(flags=["job_id"], nargs="?"), all_=dict(flags=["--all"]))
 def migrate(
-    job_id:str,                        # the OpenAI fine-tuning job to migrate, "ftjob-..."
+    job_id:str|None=None,              # the OpenAI fine-tuning job to migrate, "ftjob-..." (or --all)
+    all_:bool=False,                   # migrate every job of the account that passes the filters, each with its report, plus a fleet report
     target:str="finetune-nb/tiny",     # the local base model (--to): "finetune-nb/tiny", a Hugging Face id or a path
     base_url:str|None=None,            # the source API (default: OpenAI, key from $OPENAI_API_KEY)
-    folder:str|None=None,              # migration folder; a re-run continues from it (default runs/migrate-JOB_ID)
+    folder:str|None=None,              # migration folder; a re-run continues from it (default runs/migrate-JOB_ID, with --all runs/migrate-all)
+    archive:str="archive",             # a folder from `finetune-nb archive`: jobs and files are read from it when it exists
+    status:str|None=None,              # with --all: only jobs with this status, e.g. succeeded
+    since:str|None=None,               # with --all: only jobs created on or after this date (YYYY-MM-DD)
+    model:str|None=None,               # with --all: only jobs whose base model starts with this prefix
     method:METHOD|None=None,           # lora, qlora or full (default: lora; the tiny model's recipe for finetune-nb/tiny)
     target_url:str|None=None,          # a finetune_nb server to train on and deploy to (default: train in-process)
-    alias:str|None=None,               # deploy the migrated model behind this alias on --target-url
+    target_key_env:str="FINETUNE_NB_TARGET_API_KEY", # the environment variable holding the target server's API key
+    alias:str|None=None,               # deploy the migrated model behind this alias on --target-url (with --all: the naming rule)
+    alias_prefix:str="",               # with --all: put this before every alias
     eval_limit:int|None=None,          # evaluate on at most this many examples
+    max_tokens:int=128,                # reply length cap in the evaluation
+    max_steps:int|None=None,           # stop training after this many optimizer steps (a quick trial run)
     judge_model:str|None=None,         # also compare with an LLM judge served by the source API
-    as_json:bool=False,                # print the result as JSON
+    as_json:bool=False,                # print the result as one JSON document (progress goes to stderr)
 )->int:
-    "Move an OpenAI fine-tune to a local model: fetch its data, train, evaluate both, report a verdict; resumable."
-    from finetune_nb.migrate import migrate as _migrate
+    "Move an OpenAI fine-tune (or with --all, every one) to a local model: fetch its data, train, evaluate both, report a verdict; resumable."
+    from finetune_nb.migrate import Migration, migrate_all, Archive
     from finetune_nb.openai_ft import OpenAIFineTuner
-    kw = {k: v for k, v in dict(folder=folder, method=method, target_url=target_url, alias=alias, eval_limit=eval_limit,
-                                judge_model=judge_model).items() if v is not None}
-    r = _migrate(job_id, OpenAIFineTuner(base_url=base_url), target, **kw)
-    if as_json: print(json.dumps({"verdict": r.verdict, "report": str(r.report), "source_model": r.source_model,
-                                "local_model": r.local_model, "alias": r.alias}))
+    if bool(job_id) == all_: raise UsageError("give a job id or --all (not both)", hint="`finetune-nb jobs` lists the account's jobs")
+    if all_ and alias: raise UsageError("--alias names one model; with --all aliases follow the naming rule", hint="use --alias-prefix")
+    if not all_ and (status or since or model or alias_prefix): raise UsageError("--status, --since, --model and --alias-prefix select jobs for --all")
+    kw = {k: v for k, v in dict(method=method, target_url=target_url, eval_limit=eval_limit, judge_model=judge_model).items() if v is not None}
+    kw.update(target_key_env=target_key_env, max_tokens=max_tokens, cli=True, overrides={"max_steps": max_steps} if max_steps else None)
+    src = OpenAIFineTuner(base_url=base_url)
+    if all_:
+        r = migrate_all(src, target, folder=folder or "runs/migrate-all", archive=archive, status=status, since=since, model=model,
+                        alias_prefix=alias_prefix, **kw)
+        if as_json: emit_json(r.to_dict())
+        else:
+            print(f"migrated {len(r.migrated)}, skipped {len(r.skipped)}, failed {len(r.failed)}; fleet report: {r.report}")
+            for x in r.migrated: print(f"  {x['job_id']} -> {x['local_model']}{' as ' + x['alias'] if x['alias'] else ''}: {x['verdict']}")
+            for x in r.skipped: print(f"  {x['job_id']} skipped: {x['reason']}")
+            for x in r.failed: print(f"  {x['job_id']} failed: {x['error']}")
+        return 1 if r.failed else 0
+    ar = Archive(archive) if Archive(archive).exists else None
+    r = Migration(job_id, target, folder=folder, source=src, alias=alias, archive=ar, **kw).run()
+    if as_json: emit_json({"verdict": r.verdict, "report": str(r.report), "source_model": r.source_model,
+                           "local_model": r.local_model, "alias": r.alias, "folder": str(r.folder)})
     else: print(f"verdict: {r.verdict} ({r.local_model} vs {r.source_model})\nreport: {r.report}")
+    return 0
+
+# %% ../nbs/10_cli.ipynb #4e6a3200
+@command(as_json=dict(flags=["--json"]))
+def archive(
+    out:str="archive",          # the archive folder; a re-run adds only what is new
+    base_url:str|None=None,     # the source API (default: OpenAI, key from $OPENAI_API_KEY)
+    quiet:bool=False,           # no progress bar
+    as_json:bool=False,         # print the summary as one JSON document (progress goes to stderr)
+)->int:
+    "Download every fine-tuning job (with events and checkpoints) and every file of an account, with a manifest of sizes and sha256."
+    from finetune_nb.migrate import archive_account
+    from finetune_nb.openai_ft import OpenAIFineTuner
+    r = archive_account(OpenAIFineTuner(base_url=base_url), out, progress=not quiet)
+    if as_json: emit_json(r); return 0
+    print(f"{r['jobs']} jobs, {r['files']} files ({r['bytes']:,} bytes) in {r['folder']}; "
+          f"new this run: {len(r['new_jobs'])} jobs, {len(r['new_files'])} files{'' if r['changed'] else ' (nothing changed)'}")
+    for x in r["refused"]: print(f"  not archived: {x['file_id']} (used by {', '.join(x['used_by']) or 'no job'}): {x['reason']}")
+    print(f"manifest: {r['manifest']}")
+    return 0
+
+@command(as_json=dict(flags=["--json"]))
+def jobs(
+    base_url:str|None=None,     # the API (default: OpenAI, key from $OPENAI_API_KEY)
+    limit:int=50,               # at most this many, newest first
+    as_json:bool=False,         # print the jobs as one JSON document
+)->int:
+    "List an account's fine-tuning jobs: id, status, base model, fine-tuned model."
+    from finetune_nb.openai_ft import OpenAIFineTuner
+    js = OpenAIFineTuner(base_url=base_url).list_jobs(limit=limit, page_size=min(limit, 100))
+    rows = [{"id": j.job_id, "status": j.status, "model": j.model, "fine_tuned_model": j.fine_tuned_model, "created_at": j.created_at} for j in js]
+    if as_json: emit_json(rows); return 0
+    for r in rows: print(f"{r['id']}  {r['status']:<10} {r['model']}  {r['fine_tuned_model'] or '-'}")
     return 0
 
 # %% ../nbs/10_cli.ipynb #21c33567

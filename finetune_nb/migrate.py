@@ -5,7 +5,7 @@
 # %% ../nbs/09_migrate.ipynb #90092c45
 from __future__ import annotations
 from fastcore.basics import patch
-import json, math, time, hashlib
+import json, math, os, re, sys, time, hashlib
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,11 @@ from .data import validate_file, default_epochs, read_dataset, split, write_open
 log = get_logger("finetune_nb.migrate")
 
 # %% auto #0
-__all__ = ['log', 'ADVICE_IF_WORSE', 'plan_training', 'MigrationError', 'MigrationState', 'verdict', 'Migration',
-           'MigrationResult', 'migrate']
+__all__ = ['log', 'SETTING_SOURCES', 'ADVICE_IF_WORSE', 'TARGET_KEY_ENV', 'OPENAI_THREE', 'plan_training', 'training_settings',
+           'source_differences', 'MigrationError', 'MigrationState', 'verdict', 'Migration', 'is_auth_error',
+           'job_suffix', 'lr_above_plan', 'MigrationResult', 'migrate', 'write_json_if_changed', 'Archive',
+           'archive_account', 'fleet_aliases', 'parse_since', 'skip_reason', 'FleetResult', 'write_fleet_report',
+           'migrate_all']
 
 # %% ../nbs/09_migrate.ipynb #eae84b82
 def plan_training(
@@ -38,6 +41,62 @@ def plan_training(
     if method: hp["method"] = method
     return TrainingConfig.from_openai(hp, n_examples=n_train, base=base, **overrides), base
 
+# %% ../nbs/09_migrate.ipynb #2535aaf4
+SETTING_SOURCES = ("source job", "documented mapping", "base model recipe", "override", "default")
+
+def training_settings(
+    tc,                         # the planned `TrainingConfig`
+    hyperparameters:dict|None,  # the source job's hyperparameters
+    base=None,                  # the base model's recipe (`TrainingConfig`), or None
+    overrides:dict|None=None,   # fields the caller set (max_steps, seed, ...)
+    n_train:int|None=None,      # training examples (for "auto" epochs)
+    seed_from:str="default",    # where the seed came from
+)->dict:                        # field -> {"value", "from", "why"}
+    "Every setting of a planned run and where it came from (one of `SETTING_SOURCES`)."
+    from finetune_nb.lora import TrainingConfig, REFERENCE_LR
+    hp, ov, dflt = dict(hyperparameters or {}), dict(overrides or {}), TrainingConfig(method=tc.method)
+    given = lambda k: hp.get(k) not in (None, "auto")
+    ref = base.lr if base is not None else REFERENCE_LR[tc.method]
+    out = {}
+    for f, v in asdict(tc).items():
+        if f in ("progress", "output_dir"): continue
+        if f == "seed": src, why = seed_from, ""
+        elif f in ov: src, why = "override", "asked for by the caller"
+        elif f == "epochs" and given("n_epochs"): src, why = "source job", f"n_epochs={hp['n_epochs']}"
+        elif f == "epochs" and n_train:
+            src, why = "documented mapping", f"n_epochs 'auto': OpenAI's rule for {n_train} examples"
+        elif f in ("batch_size", "grad_accum") and given("batch_size"):
+            src, why = "documented mapping", f"batch_size={hp['batch_size']} = batch_size × grad_accum"
+        elif f == "lr" and given("learning_rate_multiplier"):
+            src, why = "documented mapping", f"{ref:g} × learning_rate_multiplier {hp['learning_rate_multiplier']}"
+        elif base is not None and v == getattr(base, f) and (v != getattr(dflt, f) or f == "method"): src, why = "base model recipe", ""
+        elif v == getattr(dflt, f): src, why = "default", ""
+        else: src, why = "documented mapping", "follows from the settings above"
+        out[f] = {"value": v, "from": src, "why": why}
+    return out
+
+def source_differences(
+    tc,                       # the planned `TrainingConfig`
+    settings:dict,            # from `training_settings`
+    hyperparameters:dict|None,# the source job's hyperparameters
+    base=None,                # the base model's recipe, or None
+    source_seed:int|None=None,# the source job's seed
+)->list[str]:                 # one sentence per difference
+    "Where the planned run differs from the source job, each with the reason."
+    hp, oa, out = dict(hyperparameters or {}), tc.to_openai(base), []
+    for k in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+        if hp.get(k) not in (None, "auto") and float(hp[k]) != float(oa[k]):
+            f = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "lr"}[k]
+            out.append(f"{k}: the source job used {hp[k]}, this run {oa[k]:g} ({settings[f]['from']})")
+    if tc.max_steps is not None:
+        out.append(f"max_steps={tc.max_steps}: training stops after {tc.max_steps} optimizer steps; the source trained "
+                   f"{hp.get('n_epochs', '?')} whole epoch(s) ({settings['max_steps']['from']})")
+    if source_seed is not None and source_seed != tc.seed: out.append(f"seed: the source job used {source_seed}, this run {tc.seed} ({settings['seed']['from']})")
+    for f, s in settings.items():
+        if s["from"] in ("base model recipe", "override") and f not in ("max_steps", "seed", "epochs", "batch_size", "grad_accum", "lr"):
+            out.append(f"{f}={s['value']!r} from the {s['from']} (OpenAI does not publish its own value)")
+    return out
+
 # %% ../nbs/09_migrate.ipynb #c46dc45e
 class MigrationError(FinetuneNBError):
     "A migration step could not complete; the folder stays resumable."
@@ -45,7 +104,7 @@ class MigrationError(FinetuneNBError):
 class MigrationState:
     "The `state.json` of a migration folder: one dict per finished step."
     def __init__(self, folder:str|Path):
-        self.folder = Path(folder); self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(folder)   # created by the first write: a run that fails before it leaves no empty folder
         self.path = self.folder/"state.json"
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}, "created": time.time()}
     def done(self, step:str)->bool: return step in self.data["steps"]
@@ -80,16 +139,19 @@ def verdict(
 # %% ../nbs/09_migrate.ipynb #776881cd
 def _sha256(p:Path)->str: return hashlib.sha256(p.read_bytes()).hexdigest()
 
+TARGET_KEY_ENV = "FINETUNE_NB_TARGET_API_KEY"  # where the target server's key is read from (like OPENAI_API_KEY for the source)
+
 class Migration:
     "Resumable migration of one OpenAI fine-tuning job to a local model."
     def __init__(self,
         job_id:str,                    # the source job, "ftjob-..."
         base_model:str,                # local base model: "finetune-nb/tiny", a Hugging Face id or a path
-        folder:str|Path|None=None,     # the migration folder (default: runs/migrate-<job_id>)
+        folder:str|Path|None=None,     # the migration folder (default: runs/migrate-<job_id>); created at the first result
         source=None,                   # an `OpenAIFineTuner` or `openai.OpenAI` for the source; default: OpenAI from the environment
         method:str|None=None,          # lora, qlora or full (default: lora; the tiny model's recipe for finetune-nb/tiny)
         target_url:str|None=None,      # a finetune_nb server to train on and deploy to; None = in-process
-        target_api_key:str|None=None,  # its key, if it has auth
+        target_api_key:str|None=None,  # its key (default: `$FINETUNE_NB_TARGET_API_KEY`, or the variable `target_key_env` names)
+        target_key_env:str=TARGET_KEY_ENV, # the environment variable holding the target's key
         alias:str|None=None,           # deploy the local model behind this alias (needs target_url)
         eval_limit:int|None=None,      # evaluate on at most this many examples
         judge_model:str|None=None,     # also run an LLM judge with this model on the source endpoint
@@ -97,14 +159,19 @@ class Migration:
         seed:int|None=None,            # default: the source job's seed (or 42)
         overrides:dict|None=None,      # extra local TrainingConfig values (e.g. {"max_steps": 20})
         poll_interval:float=2.0,       # seconds between polls of remote jobs
+        archive=None,                  # an `Archive` (or its folder): the job and its files are read from it when it holds them
+        cli:bool=False,                # phrase hints as `finetune-nb` commands (the CLI sets this)
     ):
         from finetune_nb.openai_ft import OpenAIFineTuner
         self.job_id, self.base_model, self.method, self.target_url = job_id, base_model, method, target_url
         self.alias, self.eval_limit, self.judge_model, self.max_tokens = alias, eval_limit, judge_model, max_tokens
-        self.seed, self.overrides, self.poll_interval, self.target_api_key = seed, overrides or {}, poll_interval, target_api_key
+        self.seed, self.overrides, self.poll_interval = seed, overrides or {}, poll_interval
+        self.target_key_env, self.cli = target_key_env, cli
+        self.target_api_key = target_api_key if target_api_key is not None else os.environ.get(target_key_env)
         if source is None: source = OpenAIFineTuner()
         elif not isinstance(source, OpenAIFineTuner): source = OpenAIFineTuner(client=source)
         self.source = source
+        self.archive = Archive(archive) if isinstance(archive, (str, Path)) else archive
         if alias and not target_url: raise ConfigError("deploying an alias needs a finetune_nb server", hint="pass target_url='http://host:port/v1'")
         self.state = MigrationState(folder or Path("runs")/f"migrate-{job_id}")
         self.folder = self.state.folder
@@ -116,41 +183,90 @@ class Migration:
 
     def __repr__(self): return f"Migration({self.job_id!r} -> {self.base_model!r}, {self.state})"
 
+# %% ../nbs/09_migrate.ipynb #454b608d
+def is_auth_error(e:Exception)->bool:
+    "Whether `e` (a `RemoteError` from the SDK, or an HTTP error text) means the server rejected the API key (HTTP 401)."
+    import openai
+    return isinstance(getattr(e, "__cause__", None), openai.AuthenticationError) or "HTTP 401" in str(getattr(e, "message", e))
+
+@patch
+def _hint(self:Migration,
+    side:str,      # "source" or "target"
+    e:Exception,   # what the server answered
+    default:str,   # the hint when it was not the key
+)->str:
+    "The hint for a failed call to one side: which key was rejected when the server answered 401, else `default`."
+    if not is_auth_error(e): return default
+    if side == "target":
+        flag = " (or name another variable with --target-key-env NAME)" if self.cli else " (or pass target_api_key=...)"
+        return (f"the target rejected the key: set ${self.target_key_env} to one of the target server's API keys "
+                f"(its FINETUNE_NB_API_KEYS){flag}; then re-run")
+    return "the source rejected the key: set $OPENAI_API_KEY to a key of the source account; then re-run"
+
 # %% ../nbs/09_migrate.ipynb #79a8c6cb
+def job_suffix(
+    job:dict, # a fine-tuning job as the API returns it
+)->str|None:  # the suffix its model was given, if any
+    "A job's suffix: its `suffix` field where the server sends one, else the 4th part of OpenAI's `ft:BASE:ORG:SUFFIX:ID`."
+    if job.get("suffix"): return job["suffix"]
+    parts = (job.get("fine_tuned_model") or "").split(":")
+    return (parts[3] or None) if len(parts) == 5 else None
+
+@patch
+def _source_job(self:Migration):
+    "(the source job, where it was read): the archive when it holds the job, else the source API."
+    from finetune_nb.openai_ft import FineTuneJob
+    raw = self.archive.job(self.job_id) if self.archive is not None else None
+    if raw is not None:
+        from openai.types.fine_tuning import FineTuningJob
+        return FineTuneJob.from_openai(FineTuningJob.model_validate(raw)), "archive"
+    try: return self.source.get_job_status(self.job_id), "source"
+    except RemoteError as e:
+        lister = ("`finetune-nb jobs` lists the account's jobs (with --base-url for the source you migrate from)" if self.cli
+                  else "`OpenAIFineTuner(...).list_jobs()` lists the account's jobs")
+        raise MigrationError(f"cannot read source job {self.job_id!r} at {self.source.client.base_url}: {e.message}",
+                             hint=self._hint("source", e, f"check the job id: {lister}")) from e
+
+@patch
+def _source_bytes(self:Migration, fid:str, what:str)->tuple[bytes, str]:
+    "(content of file `fid`, where it was read): the archive's verified copy when it has one, else a download."
+    raw = self.archive.file_bytes(fid) if self.archive is not None else None
+    if raw is not None: return raw, "archive"
+    try: return self.source._call(self.source.client.files.content, fid, what=f"downloading {what} file {fid}").read(), "source"
+    except RemoteError as e:
+        raise MigrationError(f"cannot download the {what} file {fid} of {self.job_id}: {e.message}",
+                             hint=self._hint("source", e, "the source may have deleted it; an archive made earlier (`finetune-nb archive`) keeps a copy")) from e
+
 @patch
 def _step_source(self:Migration)->dict:
     if self.state.done("source"): return self.state.get("source")
-    from finetune_nb.openai_ft import FineTuneJob
-    try: job = self.source.get_job_status(self.job_id)
-    except RemoteError as e:
-        raise MigrationError(f"cannot read source job {self.job_id!r} at {self.source.client.base_url}: {e.message}",
-                             hint="check the job id (`finetune-nb` lists jobs with OpenAIFineTuner.list_jobs) and the API key") from e
+    from finetune_nb.openai_ft import MetricsTable, _decode_result
+    job, where = self._source_job()
     if job.status != "succeeded":
         why = f" ({job.error_message})" if job.error_message else ""
         raise MigrationError(f"source job {self.job_id} is {job.status!r}{why}; only a succeeded job has a model to migrate",
                              hint="wait for it to finish, or migrate another job")
-    src = self.folder/"source"; src.mkdir(exist_ok=True)
+    src = self.folder/"source"
     files = {}
     for kind, fid in (("train", job.training_file), ("validation", job.validation_file)):
         if not fid: continue
-        p = src/f"{kind}.jsonl"
+        p, came = src/f"{kind}.jsonl", "folder"
         if not p.exists():
-            raw = self.source._call(self.source.client.files.content, fid, what=f"downloading {kind} file {fid}").read()
+            raw, came = self._source_bytes(fid, kind)
             atomic_write(p, raw)
-        files[kind] = {"file_id": fid, "path": str(p), "sha256": _sha256(p)}
+        files[kind] = {"file_id": fid, "path": str(p), "sha256": _sha256(p), "from": came}
     metrics = None
     if job.result_files:
         try:
-            m = self.source.download_metrics(job)
-            atomic_write(src/"metrics.json", json.dumps(m.rows)); metrics = str(src/"metrics.json")
+            raw, _ = self._source_bytes(job.result_files[0], "result")
+            atomic_write(src/"metrics.json", json.dumps(MetricsTable.from_csv(_decode_result(raw)).rows)); metrics = str(src/"metrics.json")
         except FinetuneNBError as e: self.say(f"source metrics unavailable: {e.message}")
     raw_job = job.raw.model_dump() if job.raw is not None else asdict(job)
     atomic_write_json(src/"job.json", raw_job)
-    self.say(f"source job {job.job_id}: {job.model} -> {job.fine_tuned_model}, files {', '.join(files)}")
+    self.say(f"source job {job.job_id} (from the {where}): {job.model} -> {job.fine_tuned_model}, files {', '.join(files)}")
     return self.state.record("source", job_id=job.job_id, model=job.model, fine_tuned_model=job.fine_tuned_model,
                              hyperparameters=job.hyperparameters, seed=getattr(job.raw, "seed", None), files=files,
-                             suffix=(job.fine_tuned_model or "").split(":")[3] if (job.fine_tuned_model or "").count(":") >= 4 else None,
-                             metrics=metrics, trained_tokens=job.trained_tokens)
+                             suffix=job_suffix(raw_job), metrics=metrics, trained_tokens=job.trained_tokens, read_from=where)
 
 # %% ../nbs/09_migrate.ipynb #10553314
 @patch
@@ -166,7 +282,8 @@ def _step_plan(self:Migration)->dict:
             raise MigrationError(f"the source {kind} file has {len(rep.errors)} validation error(s):\n  {shown}",
                                  hint=f"fix {f['path']} by hand and re-run: the migration continues from the folder")
     train_path = Path(src["files"]["train"]["path"])
-    seed = self.seed if self.seed is not None else (src.get("seed") if src.get("seed") is not None else 42)
+    seed, seed_from = ((self.seed, "override") if self.seed is not None else (src["seed"], "source job") if src.get("seed") is not None
+                       else (42, "default"))
     if "validation" in src["files"]: eval_path = Path(src["files"]["validation"]["path"])
     else:
         tr, ho = split(read_dataset(train_path), val_frac=0.1, seed=seed)
@@ -176,9 +293,12 @@ def _step_plan(self:Migration)->dict:
     tc, base = plan_training(src.get("hyperparameters"), n_train, self.base_model, self.method, **{"seed": seed, **self.overrides})
     hp = {"epochs": tc.epochs, "batch_size": tc.batch_size, "grad_accum": tc.grad_accum, "lr": tc.lr,
           "openai": {k: v for k, v in tc.to_openai(base).items() if k in ("n_epochs", "batch_size", "learning_rate_multiplier")}}
+    settings = training_settings(tc, src.get("hyperparameters"), base, self.overrides, n_train, seed_from)
+    diffs = source_differences(tc, settings, src.get("hyperparameters"), base, src.get("seed"))
     self.say(f"plan: {tc.method} on {self.base_model}, {tc.epochs} epochs, batch {tc.batch_size}x{tc.grad_accum}, lr {tc.lr:.2e}")
     return self.state.record("plan", method=tc.method, seed=seed, train_path=str(train_path), eval_path=str(eval_path),
-                             n_train=n_train, hyperparameters=hp, training=asdict(tc), validation=reports)
+                             n_train=n_train, hyperparameters=hp, training=asdict(tc), validation=reports,
+                             settings=settings, differences=diffs)
 
 # %% ../nbs/09_migrate.ipynb #d0cf9d09
 def _training_config(self:Migration):
@@ -196,33 +316,79 @@ def _train_local(self:Migration)->dict:
     model, adapter = (res.adapter_dir, None) if res.method == "full" else (self.base_model, res.adapter_dir)
     self.say(f"local training done: {res.steps} steps, final loss {res.final_loss:.3f}, eval loss {res.eval_loss}")
     return {"where": "local", "model": model, "adapter": adapter, "model_id": f"local:{Path(res.adapter_dir).name}",
-            "final_loss": res.final_loss, "eval_loss": res.eval_loss, "steps": res.steps, "loss_history": res.loss_history}
+            "final_loss": res.final_loss, "eval_loss": res.eval_loss, "steps": res.steps, "loss_history": res.loss_history,
+            "seconds": getattr(res, "seconds", None), "trained_tokens": getattr(res, "train_tokens", None)}
 
 def _target_tuner(self:Migration):
     from finetune_nb.openai_ft import OpenAIFineTuner
     return OpenAIFineTuner(base_url=self.target_url, api_key=self.target_api_key or "no-key")
 
+OPENAI_THREE = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+def _rejected_param(e:Exception)->str|None:
+    "The hyperparameter a 400 answer names in its `param` (`hyperparameters.X` -> `X`), if any."
+    body = getattr(getattr(e, "__cause__", None), "body", None)
+    p = body.get("param") if isinstance(body, dict) else None
+    return p.split(".", 1)[1] if isinstance(p, str) and p.startswith("hyperparameters.") else None
+
+@patch
+def _create_target_job(self:Migration, tgt, hp:dict, **kw):
+    "(job, extras dropped): an extra the target refuses is dropped, said and recorded, never silently; OpenAI's three never are."
+    hp, dropped = dict(hp), {}
+    while True:
+        try: return tgt.create_job(hyperparameters=hp, **kw), dropped
+        except RemoteError as e:
+            k = _rejected_param(e)
+            if k is None or k in OPENAI_THREE or k not in hp: raise
+            dropped[k] = hp.pop(k)
+            self.say(f"the target refuses hyperparameters.{k}={dropped[k]!r}: it trains with its own value instead (listed in the report)")
+
+def lr_above_plan(
+    events:list,       # the target job's events (SDK objects or dicts)
+    planned_lr:float,  # the run's planned peak learning rate
+)->list[str]:          # a difference to report, or nothing
+    "A one-sided check of the target's mapping: no logged learning rate may exceed the planned peak (warmup and decay only lower it)."
+    data = [getattr(e, "data", None) if not isinstance(e, dict) else e.get("data") for e in events]
+    lrs = [d["learning_rate"] for d in data if isinstance(d, dict) and isinstance(d.get("learning_rate"), (int, float))]
+    peak = max(lrs, default=None)
+    if peak is None or peak <= planned_lr * 1.01: return []
+    return [f"learning rate: planned peak {planned_lr:.3g}, but the target job logged {peak:.3g}: the target maps "
+            "learning_rate_multiplier to a different rate (its reference rate is not this run's)"]
+
 def _train_remote(self:Migration)->dict:
     plan, src, tgt = self.state.get("plan"), self.state.get("source"), _target_tuner(self)
-    job_id = self.state.partial("train").get("job_id")
+    part = self.state.partial("train")
+    job_id, hp = part.get("job_id"), _training_config(self).to_openai()
     if job_id is None:
         try:
-            tf = tgt.upload_file(plan["train_path"], filename="train.jsonl").id
-            vf = tgt.upload_file(plan["eval_path"], filename="validation.jsonl").id
-            job = tgt.create_job(tf, model=self.base_model, validation_file=vf, hyperparameters=_training_config(self).to_openai(),
-                                 suffix=src.get("suffix") or "migrated", seed=plan["seed"],
-                                 metadata={"migrated_from": src["job_id"], "method": plan["method"]})
+            for kind, path in (("train_file", plan["train_path"]), ("validation_file", plan["eval_path"])):
+                if kind not in part:
+                    part[kind] = tgt.upload_file(path, filename=kind.replace("_file", "") + ".jsonl").id
+                    self.state.update("train", **{kind: part[kind]})
+            job, dropped = self._create_target_job(tgt, hp, training_file=part["train_file"], model=self.base_model,
+                                validation_file=part["validation_file"], suffix=src.get("suffix") or "migrated", seed=plan["seed"],
+                                metadata={"migrated_from": src["job_id"], "method": plan["method"]})
         except RemoteError as e:
-            raise MigrationError(f"the target server could not start training on {self.base_model!r}: {e.message}",
-                                 hint="check that the base model exists on the target server (GET /v1/models); then re-run") from e
-        job_id = job.job_id; self.state.update("train", job_id=job_id)
+            raise MigrationError(f"the target server at {self.target_url} could not start training on {self.base_model!r}: {e.message}",
+                                 hint=self._hint("target", e, "check that the base model exists on the target server (GET /v1/models); then re-run")) from e
+        job_id = job.job_id; self.state.update("train", job_id=job_id, dropped=dropped)
         self.say(f"target job {job_id} created on {self.target_url}")
     else: self.say(f"resuming: waiting for target job {job_id}")
     job = tgt.wait_for_completion(job_id, poll_interval=self.poll_interval)
     try: loss = tgt.download_metrics(job).rows
     except FinetuneNBError: loss = []
     self.say(f"target job {job_id} succeeded: {job.fine_tuned_model}")
-    return {"where": "server", "job_id": job_id, "model_id": job.fine_tuned_model, "loss_history": loss}
+    dropped = self.state.partial("train").get("dropped", {})
+    try: events = tgt.list_events(job_id, limit=None, page_size=100)
+    except FinetuneNBError: events = []
+    sent = {k: v for k, v in hp.items() if k not in dropped}
+    diffs = [f"hyperparameters.{k}={v!r} was refused by the target server, which trained with its own value" for k, v in dropped.items()]
+    diffs += [f"{k}: sent {sent[k]!r}, the target job reports {job.hyperparameters[k]!r}" for k in OPENAI_THREE
+              if k in sent and k in job.hyperparameters and float(job.hyperparameters[k]) != float(sent[k])]
+    diffs += lr_above_plan(events, plan["training"]["lr"])
+    return {"where": "server", "job_id": job_id, "model_id": job.fine_tuned_model, "loss_history": loss, "sent": sent,
+            "target_hyperparameters": job.hyperparameters, "target_differences": diffs, "trained_tokens": job.trained_tokens,
+            "seconds": (job.finished_at - job.created_at) if job.finished_at and job.created_at else None}
 
 @patch
 def _step_train(self:Migration)->dict:
@@ -282,11 +448,19 @@ def _step_deploy(self:Migration)->dict|None:
     r = httpx.post(url, json={"alias": self.alias, "model": t["model_id"]}, headers=headers, timeout=30)
     if r.status_code >= 400:
         raise MigrationError(f"deploying alias {self.alias!r} -> {t['model_id']} failed: HTTP {r.status_code} {r.text[:300]}",
-                             hint="check the alias name (letters, digits, . _ -) and the server's API key; then re-run")
+                             hint=self._hint("target", Exception(f"HTTP {r.status_code}"), "check the alias name (letters, digits, . _ -); then re-run"))
     self.say(f"alias {self.alias!r} now serves {t['model_id']} on {self.target_url}")
     return self.state.record("deploy", alias=self.alias, model=t["model_id"], response=r.json())
 
 # %% ../nbs/09_migrate.ipynb #cf0ccb8f
+def _settings_lines(plan:dict, train:dict)->list[str]:
+    "The report's table of every training setting (value, where it came from) and the differences from the source job."
+    lines = ["## Training settings", "", "| setting | value | from |", "|---|---|---|"]
+    lines += [f"| {k} | `{v['value']!r}` | {v['from']}{' — ' + v['why'] if v['why'] else ''} |" for k, v in (plan.get("settings") or {}).items()]
+    if train.get("sent") is not None: lines += ["", f"Sent to the target server as the job's hyperparameters: `{json.dumps(train['sent'])}`."]
+    diffs = list(plan.get("differences") or []) + list(train.get("target_differences") or [])
+    return lines + ["", "## Differences from the source job", ""] + ([f"- {d}" for d in diffs] or ["- none besides the base model"])
+
 def _step_report(self:Migration)->Path:
     src, plan, tr, ev = (self.state.get(k) for k in ("source", "plan", "train", "evaluate"))
     dep = self.state.get("deploy")
@@ -301,7 +475,7 @@ def _step_report(self:Migration)->Path:
         f"| epochs | {hp['openai']['n_epochs']} | {hp['epochs']} |",
         f"| batch size | {hp['openai']['batch_size']} | {hp['batch_size']} × {hp['grad_accum']} accumulation |",
         f"| learning rate | multiplier {hp['openai']['learning_rate_multiplier']} | {hp['lr']:.2e} |",
-        f"| seed | {src.get('seed')} | {plan['seed']} |", "",
+        f"| seed | {src.get('seed')} | {plan['seed']} |", ""] + _settings_lines(plan, tr) + ["",
         "## Per metric", "", "| metric | source | local | 95% CI of difference |", "|---|---|---|---|"]
     for k, m in ev["metrics"].items():
         lines.append(f"| {k} | {m['source']:.3f} | {m['local']:.3f} | [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}] |")
@@ -343,3 +517,282 @@ def migrate(
 )->MigrationResult:
     "Migrate an OpenAI fine-tune to a local model, evaluate both, report a verdict, optionally deploy; resumable."
     return Migration(job_id, target, source=source_client, **kw).run()
+
+# %% ../nbs/09_migrate.ipynb #641c31c4
+def write_json_if_changed(
+    path:str|Path, # destination
+    obj,           # JSON-serialisable
+)->bool:           # whether the file was (re)written
+    "Write `obj` as sorted, indented JSON atomically, only when the content differs: an idle re-run changes nothing on disk."
+    path, text = Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    if path.exists() and path.read_text() == text: return False
+    atomic_write(path, text); return True
+
+def _safe_name(name:str)->str: return re.sub(r"[^A-Za-z0-9._-]", "_", Path(name or "file").name)[:128] or "file"
+
+class Archive:
+    "A local copy of an account's fine-tuning jobs and files, described by `manifest.json`."
+    def __init__(self, folder:str|Path="archive"):
+        self.folder = Path(folder); self.path = self.folder/"manifest.json"
+        self.manifest = json.loads(self.path.read_text()) if self.path.exists() else {"source": None, "jobs": {}, "files": {}}
+
+    @property
+    def exists(self)->bool: return self.path.exists()
+
+    def job(self, job_id:str)->dict|None:
+        "The archived job (as the API returned it), or None."
+        p = self.folder/"jobs"/job_id/"job.json"
+        return json.loads(p.read_text()) if job_id in self.manifest["jobs"] and p.exists() else None
+
+    def jobs(self)->list[dict]:
+        "Every archived job, oldest first."
+        return sorted((j for j in map(self.job, self.manifest["jobs"]) if j), key=lambda j: (j.get("created_at") or 0, j["id"]))
+
+    def file_bytes(self, file_id:str)->bytes|None:
+        "The archived file's bytes if it is there and its sha256 matches the manifest, else None."
+        e = self.manifest["files"].get(file_id)
+        if not e or e.get("status") != "ok" or not (self.folder/e["path"]).exists(): return None
+        raw = (self.folder/e["path"]).read_bytes()
+        return raw if hashlib.sha256(raw).hexdigest() == e["sha256"] else None
+
+    def save(self)->bool:
+        "Write the manifest if it changed (atomically); whether it did."
+        return write_json_if_changed(self.path, self.manifest)
+
+    def __repr__(self): return f"Archive({self.folder}, {len(self.manifest['jobs'])} jobs, {len(self.manifest['files'])} files)"
+
+# %% ../nbs/09_migrate.ipynb #c970c798
+def _as_tuner(source):
+    from finetune_nb.openai_ft import OpenAIFineTuner
+    return source if isinstance(source, OpenAIFineTuner) else OpenAIFineTuner(client=source) if source is not None else OpenAIFineTuner()
+
+def _dump(x): return x.model_dump() if hasattr(x, "model_dump") else x
+
+def _source_jobs(src)->list:
+    "Every job of the source account, oldest first; a 401 says which key to fix."
+    try: return sorted(src.list_jobs(limit=None, page_size=100), key=lambda j: (j.created_at or 0, j.job_id))
+    except RemoteError as e:
+        if not is_auth_error(e): raise
+        raise RemoteError(e.message, hint="the source rejected the key: set $OPENAI_API_KEY to a key of the account") from e
+
+@patch
+def _add_job(self:Archive, src, job)->bool:
+    "Archive one job (with events and checkpoints) unless it is archived and finished; whether it was fetched."
+    from finetune_nb.openai_ft import TERMINAL_STATUSES
+    have = self.manifest["jobs"].get(job.job_id)
+    if have and have["status"] in TERMINAL_STATUSES: return False
+    d, entry = self.folder/"jobs"/job.job_id, {"status": job.status, "model": job.model, "fine_tuned_model": job.fine_tuned_model,
+        "created_at": job.created_at, "method": (_dump(getattr(job.raw, "method", None)) or {}).get("type", "supervised"),
+        "files": [f for f in (job.training_file, job.validation_file, *job.result_files) if f]}
+    for name, fetch in (("events", lambda: src.list_events(job.job_id, limit=None, page_size=100)),
+                        ("checkpoints", lambda: src.list_checkpoints(job.job_id))):
+        try: items = [_dump(x) for x in fetch()]; entry[name] = len(items)
+        except RemoteError as e: items = None; entry[f"{name}_error"] = e.message
+        if items is not None: atomic_write_json(d/f"{name}.json", items)
+    atomic_write_json(d/"job.json", _dump(job.raw))
+    self.manifest["jobs"][job.job_id] = entry
+    return True
+
+@patch
+def _add_file(self:Archive, src, fid:str, meta, used_by:list[str])->str:
+    "Archive one file unless its copy is intact: 'kept', 'new' or 'refused' (the reason goes into the manifest)."
+    if self.file_bytes(fid) is not None:
+        if self.manifest["files"][fid].get("used_by") != used_by: self.manifest["files"][fid]["used_by"] = used_by
+        return "kept"
+    entry = {"used_by": used_by}
+    try:
+        if meta is None: meta = src._call(src.client.files.retrieve, fid, what=f"retrieving file {fid}")
+        entry.update(filename=meta.filename, purpose=meta.purpose, bytes=meta.bytes, created_at=meta.created_at)
+        raw = src._call(src.client.files.content, fid, what=f"downloading file {fid}").read()
+    except RemoteError as e:
+        self.manifest["files"][fid] = {**entry, "status": "refused", "reason": e.message}
+        return "refused"
+    rel = f"files/{fid}/{_safe_name(meta.filename)}"
+    atomic_write(self.folder/rel, raw)
+    entry.update(path=rel, sha256=hashlib.sha256(raw).hexdigest(), status="ok")
+    if meta.bytes is not None and meta.bytes != len(raw): entry["warning"] = f"the source lists {meta.bytes} bytes; {len(raw)} were served"
+    self.manifest["files"][fid] = {**entry, "bytes": len(raw)}
+    return "new"
+
+def archive_account(
+    source=None,                # the account: an `OpenAIFineTuner` or `openai.OpenAI` (default: OpenAI from the environment)
+    folder:str|Path="archive",  # where the archive goes; a re-run adds only what is new or changed
+    progress:bool=True,         # a progress bar on stderr
+)->dict:                        # what it holds and what this run changed (`changed` False on an idle re-run)
+    "Download every fine-tuning job (hyperparameters, method, events, checkpoints) and every file of the account, with a manifest."
+    from tqdm.auto import tqdm
+    src, ar = _as_tuner(source), Archive(folder)
+    ar.manifest["source"] = str(src.client.base_url)
+    jobs = _source_jobs(src)
+    listed = {f.id: f for f in src._collect("listing files", lambda: src.client.files.list(), None)}
+    used = {}
+    for j in jobs:
+        for fid in (j.training_file, j.validation_file, *j.result_files):
+            if fid: used.setdefault(fid, []).append(j.job_id)
+    fids = sorted(set(listed) | set(used))
+    new_jobs, status, changed = [], {}, False
+    with tqdm(total=len(jobs) + len(fids), desc="archive", unit="item", disable=not progress, file=sys.stderr) as bar:
+        for j in jobs:
+            bar.set_postfix_str(j.job_id, refresh=False)
+            if ar._add_job(src, j): new_jobs.append(j.job_id); changed |= ar.save()
+            bar.update()
+        for fid in fids:
+            bar.set_postfix_str(fid, refresh=False)
+            status[fid] = ar._add_file(src, fid, listed.get(fid), used.get(fid, []))
+            changed |= ar.save(); bar.update()
+    changed |= ar.save()
+    files = ar.manifest["files"]
+    return {"folder": str(ar.folder), "manifest": str(ar.path), "source": ar.manifest["source"], "jobs": len(ar.manifest["jobs"]),
+            "files": sum(f["status"] == "ok" for f in files.values()), "bytes": sum(f.get("bytes") or 0 for f in files.values() if f["status"] == "ok"),
+            "new_jobs": new_jobs, "new_files": [f for f, s in status.items() if s == "new"], "changed": changed,
+            "refused": [{"file_id": f, "reason": e["reason"], "used_by": e["used_by"]} for f, e in files.items() if e["status"] == "refused"]}
+
+# %% ../nbs/09_migrate.ipynb #6c723221
+def _slug(s:str|None)->str: return re.sub(r"[^a-z0-9._-]+", "-", (s or "").lower()).strip("-._")[:48]
+
+def fleet_aliases(
+    jobs:list[dict],       # the jobs to migrate (as the API returns them)
+    prefix:str="",         # put before every alias, e.g. "ft-"
+    taken:dict|None=None,  # job id -> alias already given (kept as is)
+)->dict:                   # job id -> alias
+    "Aliases by the naming rule: PREFIX + the job's suffix; `-` + the job id's last 8 characters when it has none or shares it."
+    taken = dict(taken or {})
+    names = {j["id"]: _slug(job_suffix(j)) for j in jobs}
+    counts = {}
+    for n in names.values(): counts[n] = counts.get(n, 0) + 1
+    out = {}
+    for jid, n in names.items():
+        if jid in taken: out[jid] = taken[jid]; continue
+        plain = f"{prefix}{n}"
+        unique = n and counts[n] == 1 and plain not in {a for k, a in taken.items() if k != jid}
+        out[jid] = plain if unique else f"{prefix}{n or 'ft'}-{_slug(jid.split('-', 1)[-1])[-8:]}"
+    return out
+
+# %% ../nbs/09_migrate.ipynb #b8e78e25
+def parse_since(
+    s:str|None, # "YYYY-MM-DD" or an ISO time (UTC when no zone is given)
+)->int|None:    # unix seconds
+    "The `--since` filter as unix seconds."
+    if not s: return None
+    from datetime import datetime, timezone
+    try: t = datetime.fromisoformat(s)
+    except ValueError: raise ConfigError(f"since={s!r} is not a date", hint="use YYYY-MM-DD or an ISO time such as 2025-03-01T12:00") from None
+    return int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp())
+
+def skip_reason(
+    job:dict,              # a job as the API returns it
+    status:str|None=None,  # keep only jobs with this status
+    since:int|None=None,   # keep only jobs created at or after this time (unix seconds)
+    model:str|None=None,   # keep only jobs whose base model starts with this
+)->str|None:               # why the job is not migrated, or None
+    "Why a job is skipped: a status with no model, a method not supported yet, or a filter."
+    st, method = job.get("status"), ((job.get("method") or {}).get("type") or "supervised")
+    if st != "succeeded":
+        err = (job.get("error") or {}).get("message")
+        return f"{st}: only a succeeded job has a model to migrate" + (f" ({err})" if err else "")
+    if method != "supervised": return f"method {method!r} is not supported yet (supervised only)"
+    if status and st != status: return f"status {st!r} does not match the filter {status!r}"
+    if since is not None and (job.get("created_at") or 0) < since: return "created before the --since date"
+    if model and not str(job.get("model", "")).startswith(model): return f"base model {job.get('model')!r} does not start with {model!r}"
+    return None
+
+# %% ../nbs/09_migrate.ipynb #7ea25fa9
+@dataclass
+class FleetResult:
+    "What `migrate_all` returns."
+    folder:Path             # the fleet folder
+    report:Path             # fleet-report.md
+    migrated:list[dict]     # one row per migrated job: source job and model, local model, alias, verdict, CI, time, tokens, report
+    skipped:list[dict]      # {"job_id", "status", "reason"}
+    failed:list[dict]       # {"job_id", "error", "hint"}: a re-run retries them
+    def to_dict(self)->dict: return {**asdict(self), "folder": str(self.folder), "report": str(self.report)}
+
+def _fleet_row(jid:str, m:Migration, alias:str|None)->dict:
+    src, tr, ev = (m.state.get(k) for k in ("source", "train", "evaluate"))
+    dep = m.state.get("deploy")
+    return {"job_id": jid, "source_model": src["fine_tuned_model"], "local_model": tr["model_id"], "alias": dep.get("alias") if dep else None,
+            "verdict": ev["verdict"], "improvement": ev["overall"]["improvement"], "ci95": list(ev["overall"]["ci95"]),
+            "seconds": tr.get("seconds"), "trained_tokens": tr.get("trained_tokens"), "target_job": tr.get("job_id"),
+            "report": str(m.folder/"report.md")}
+
+def _fmt_secs(s)->str: return "-" if s is None else f"{s:.0f} s" if s < 120 else f"{s/60:.1f} min"
+
+def write_fleet_report(
+    state:dict,            # the fleet state (`fleet.json`)
+    path:str|Path,         # where the report goes
+    interrupted:bool=False,# the run was stopped before its end
+)->Path:
+    "The fleet report: a table of source job → local model with the verdict, its CI, time and tokens, then what was skipped and why."
+    jobs = state["jobs"]
+    done = [j["row"] for j in jobs.values() if j["status"] == "migrated"]
+    skipped = [j for j in jobs.values() if j["status"] == "skipped"]
+    failed = [j for j in jobs.values() if j["status"] == "failed"]
+    todo = [jid for jid, j in jobs.items() if j["status"] == "pending"]
+    lines = [f"# Fleet migration: {len(done)} of {len(jobs)} jobs migrated", "",
+             f"Source: {state.get('source')}; target: {state.get('target_url') or 'in-process'}; base model `{state.get('base_model')}`. "
+             "Verdict: local vs source on each job's validation data (difference in the overall score, paired bootstrap 95% CI). "
+             "Training time: the target job's wall clock, queue included.", "",
+             "| source job | source model | local model | alias | verdict (difference, 95% CI) | training time | tokens trained | report |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in done:
+        rel = Path(r["report"]).relative_to(Path(path).parent) if Path(r["report"]).is_relative_to(Path(path).parent) else r["report"]
+        tok = f"{r['trained_tokens']:,}" if isinstance(r.get("trained_tokens"), int) else "-"
+        lines.append(f"| {r['job_id']} | `{r['source_model']}` | `{r['local_model']}` | {('`' + r['alias'] + '`') if r['alias'] else '-'} | "
+                     f"{r['verdict']} ({r['improvement']:+.3f}, [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]) | {_fmt_secs(r['seconds'])} | {tok} | [report]({rel}) |")
+    if skipped: lines += ["", "## Skipped", "", "| job | status | why |", "|---|---|---|"] + [f"| {j['job_id']} | {j['job_status']} | {j['reason']} |" for j in skipped]
+    if failed: lines += ["", "## Failed (a re-run retries them)", ""] + [f"- {j['job_id']}: {j['error']}" + (f" (hint: {j['hint']})" if j.get("hint") else "") for j in failed]
+    if todo or interrupted: lines += ["", f"## Not done yet{' (interrupted)' if interrupted else ''}", "", "Re-run the same command to continue: "
+                                      + (", ".join(todo) or "-")]
+    return atomic_write(path, "\n".join(lines) + "\n")
+
+# %% ../nbs/09_migrate.ipynb #71fccb5d
+def migrate_all(
+    source=None,                    # the account: an `OpenAIFineTuner` or `openai.OpenAI` (default: OpenAI from the environment)
+    target:str="finetune-nb/tiny",  # the local base model every job is migrated to
+    folder:str|Path="runs/migrate-all", # the fleet folder: fleet.json, fleet-report.md, one folder per job
+    archive:str|Path|None="archive",# an archive from `archive_account`: jobs and files are read from it when it exists
+    status:str|None=None,           # keep only jobs with this status
+    since:str|None=None,            # keep only jobs created on or after this date (YYYY-MM-DD or ISO time)
+    model:str|None=None,            # keep only jobs whose base model starts with this prefix
+    alias_prefix:str="",            # aliases are this + the job's suffix (see `fleet_aliases`); deployed when target_url is given
+    **kw,                           # more `Migration` arguments: target_url, target_api_key, method, eval_limit, overrides, ...
+)->FleetResult:
+    "Migrate every matching job of an account, one folder and report each, plus a fleet report; resumable."
+    src = _as_tuner(source)
+    ar = Archive(archive) if archive is not None and Archive(archive).exists else None
+    folder = Path(folder); path = folder/"fleet.json"
+    state = json.loads(path.read_text()) if path.exists() else {"jobs": {}, "aliases": {}}
+    jobs = ar.jobs() if ar is not None else [_dump(j.raw) for j in _source_jobs(src)]
+    t0 = parse_since(since)
+    state.update(source=ar.manifest["source"] if ar else str(src.client.base_url), read_from="archive" if ar else "source",
+                 target_url=kw.get("target_url"), base_model=target)
+    reasons = {j["id"]: skip_reason(j, status, t0, model) for j in jobs}
+    todo = [j for j in jobs if reasons[j["id"]] is None]
+    deploy = bool(kw.get("target_url"))
+    if deploy: state["aliases"] = {**state["aliases"], **fleet_aliases(todo, alias_prefix, state["aliases"])}
+    for j in jobs:
+        e = state["jobs"].get(j["id"], {})
+        if reasons[j["id"]]: state["jobs"][j["id"]] = {"job_id": j["id"], "status": "skipped", "job_status": j.get("status"), "reason": reasons[j["id"]]}
+        elif e.get("status") != "migrated": state["jobs"][j["id"]] = {"job_id": j["id"], "status": "pending", **({"error": e["error"]} if "error" in e else {})}
+    write_json_if_changed(path, state)
+    interrupted = False
+    try:
+        for j in todo:
+            jid = j["id"]
+            if state["jobs"][jid]["status"] == "migrated": continue
+            print(f"[migrate --all] {jid} ({todo.index(j) + 1} of {len(todo)})")
+            m = Migration(jid, target, folder=folder/jid, source=src, archive=ar, alias=state["aliases"].get(jid) if deploy else None, **kw)
+            try:
+                m.run()
+                state["jobs"][jid] = {"job_id": jid, "status": "migrated", "row": _fleet_row(jid, m, state["aliases"].get(jid))}
+            except FinetuneNBError as e:
+                state["jobs"][jid] = {"job_id": jid, "status": "failed", "error": e.message, "hint": e.hint}
+                print(f"[migrate --all] {jid} failed: {e.message}")
+            write_json_if_changed(path, state)
+    except KeyboardInterrupt: interrupted = True; raise
+    finally:
+        rep = write_fleet_report(state, folder/"fleet-report.md", interrupted)
+    rows = [e for e in state["jobs"].values()]
+    return FleetResult(folder, rep, [e["row"] for e in rows if e["status"] == "migrated"],
+                       [{"job_id": e["job_id"], "status": e["job_status"], "reason": e["reason"]} for e in rows if e["status"] == "skipped"],
+                       [{"job_id": e["job_id"], "error": e["error"], "hint": e.get("hint")} for e in rows if e["status"] == "failed"])
