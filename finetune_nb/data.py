@@ -1145,7 +1145,11 @@ def validate_file(
         except ValueError:  # orjson is strict; the stdlib parser tells why (and accepts what orjson won't, e.g. huge ints)
             try: o = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e: v.issue(i, "", "non_utf8", f"bytes at column {e.start+1} are not valid UTF-8"); continue
-            except json.JSONDecodeError as e: v.issue(i, "", "invalid_json", f"invalid JSON: {e.msg} at column {e.colno}"); continue
+            except json.JSONDecodeError as e:
+                if v.n_lines == 1 and data.lstrip().startswith(b"{") and isinstance(_whole(data), dict):  # one JSON object over many lines
+                    v.issue(i, "", "not_records", "the file is one JSON object, not records (JSONL: one record per line; or a JSON array of records)")
+                    return v.finish()
+                v.issue(i, "", "invalid_json", f"invalid JSON: {e.msg} at column {e.colno}"); continue
             except RecursionError: v.issue(i, "", "invalid_json", "JSON nested too deeply"); continue
         _convert_and_check(v, i, o, conv, raw.strip())
     return v.finish()
@@ -1157,6 +1161,10 @@ def _convert_and_check(v, line, o, conv, raw=None, idx=None):
         except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
             v.issue(line, "", "bad_record", f"malformed record ({type(e).__name__}: {str(e)[:80]})", idx=idx); return
     v.record(line, o, raw, idx)
+
+def _whole(data:bytes):
+    try: return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError): return None
 
 def _first_objects(data:bytes)->list:
     "The parseable records among a JSONL file's first 50 lines."
