@@ -660,7 +660,7 @@ def export_records(
     if format not in FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
     out, dropped, t, name = [], Counter(), ShareGPTTags.parse(tags), _NAMES[format]
     def drop(what, fld):
-        if not lossy: raise _Bad(fld, f"{what} have no place there")
+        if not lossy: raise _Bad(fld, f"no place for {what}")
         dropped[what] += 1
     for i, c in enumerate(_conversations(ds)):
         try: out.append(_to_sharegpt(c, drop, t) if format == "sharegpt" else _WRITERS[format](c, drop))
