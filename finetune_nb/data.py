@@ -1046,6 +1046,8 @@ def _fast_messages(o)->list|None:
         if r == "assistant": asst = True
     return msgs if asst else None
 
+def _where(w)->str: return f"line {w}" if isinstance(w, int) else f"record [{w[1]}] (line {w[0]})"
+
 class _Validator:
     "Accumulates issues, duplicates and token counts over records in one pass."
     def __init__(self, source, model, max_tokens, min_examples, count):
@@ -1065,12 +1067,12 @@ class _Validator:
             if msgs is None or len(self.rep.errors) > n_err: return
             simple = False
         else: simple = True
-        where = f"line {line}" if idx is None else f"record [{idx}] (line {line})"
+        where = line if idx is None else (line, idx)
         ek = raw if raw is not None else _exact_key(o)
-        if ek in self.seen_exact: self.issue(line, "messages", "duplicate", f"exact duplicate of {self.seen_exact[ek]}", warn=True, idx=idx); return
+        if ek in self.seen_exact: self.issue(line, "messages", "duplicate", f"exact duplicate of {_where(self.seen_exact[ek])}", warn=True, idx=idx); return
         self.seen_exact[ek] = where
         nk = _norm_raw(raw) if raw is not None else _norm_key(o)
-        if nk in self.seen_norm: self.issue(line, "messages", "near_duplicate", f"duplicate of {self.seen_norm[nk]} up to whitespace", warn=True, idx=idx)
+        if nk in self.seen_norm: self.issue(line, "messages", "near_duplicate", f"duplicate of {_where(self.seen_norm[nk])} up to whitespace", warn=True, idx=idx)
         else: self.seen_norm[nk] = where
         if self.tc:
             if simple: n, a = self.tc.count(msgs)
