@@ -646,14 +646,16 @@ def _conversations(ds)->list[Conversation]:
     for r in ds:
         if isinstance(r, Conversation): out.append(r)
         elif isinstance(r, TrainingExample): out.append(r.to_conversation())
-        elif isinstance(r, dict) and isinstance(r.get("messages"), list): out.append(Conversation.from_dict(r))
+        elif isinstance(r, dict) and isinstance(r.get("messages"), list):
+            try: out.append(_from_openai(r))
+            except _Bad as e: raise DataError(f"item {len(out)}: {e.fld}: {e.msg}") from None
         else: raise DataError(f"cannot use item {len(out)} of type {type(r).__name__} as a conversation", hint="pass dicts like {'messages': [...]}, Conversation or TrainingExample objects")
     return out
 
 def export_records(
     ds,                   # dataset-like: a ChatDataset, dicts, Conversations, or a file path
     format:str="openai",  # target format (one of `FORMATS`)
-    lossy:bool=False,     # drop what the target can't hold (and count it) instead of stopping
+    lossy:bool=False,     # drop what the target can't hold (and count it) instead of stopping; a record with nothing left that fits is dropped whole
     tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names
 )->tuple[list[dict], Counter]: # (records in `format`, what was dropped: kind → count)
     "Records of `ds` in `format`, every field kept; or a `DataError` naming the record's location and the field the target can't hold."
@@ -665,6 +667,7 @@ def export_records(
     for i, c in enumerate(_conversations(ds)):
         try: out.append(_to_sharegpt(c, drop, t) if format == "sharegpt" else _WRITERS[format](c, drop))
         except _Bad as e:
+            if lossy: dropped["whole records"] += 1; continue   # nothing of the right shape is left of it
             loc = (c.source or {}).get("where")
             msg = f"{_at(loc, e.fld)}: cannot be expressed in {name}: {e.msg}" if loc else f"example {i} cannot be expressed in {name}: {e.fld}: {e.msg}"
             raise DataError(msg, hint="keep it in OpenAI format (it holds everything), or pass lossy=True (--lossy) to drop what doesn't fit and count it") from None
