@@ -49,12 +49,17 @@ class Message:
     extra:dict=field(default_factory=dict)   # any other keys, kept as they came
     keys:tuple=field(default=(), repr=False, compare=False)  # keys as read, in order (a present `null` stays present)
     def to_dict(self)->dict:
-        d = {"role": self.role}
+        d = {"role": self.role} if self.role is not None or not self.keys or "role" in self.keys else {}
         for k in ("content",) + _MSG_OPTIONAL:
             v = getattr(self, k)
             if v is not None or k in self.keys: d[k] = v
         d.update(self.extra)
         return _ordered(d, self.keys)
+    @property
+    def text(self)->str:
+        "The content as plain text (text parts joined; '' for none)."
+        if isinstance(self.content, list): return "".join(p.get("text") or "" for p in self.content if isinstance(p, dict) and p.get("type") == "text")
+        return self.content or ""
     @classmethod
     def from_dict(cls, d:dict)->Message:
         return cls(**{k: d.get(k) for k in _MSG_FIELDS}, extra={k: v for k, v in d.items() if k not in _MSG_FIELDS}, keys=tuple(d))
@@ -941,6 +946,22 @@ def _check_tools(o:dict, add)->set|None:
         add("parallel_tool_calls", "invalid_parallel_tool_calls", "parallel_tool_calls must be true or false")
     return names
 
+@lru_cache(maxsize=256)
+def _tools_report(defs:str)->tuple[frozenset|None, tuple]:
+    "(names defined, issues) of a record's `tools`/`functions`/`parallel_tool_calls` given as JSON text: records repeat the same tools, so they are checked once."
+    issues = []
+    names = _check_tools(json.loads(defs), lambda f, k, m: issues.append((f, k, m)))
+    return (None if names is None else frozenset(names)), tuple(issues)
+
+def _check_defs(o:dict, add)->set|None:
+    "`_check_tools` through the cache (directly when the definitions can't be keyed)."
+    d = {k: o[k] for k in ("tools", "functions", "parallel_tool_calls") if k in o}
+    if not d: return None
+    try: names, issues = _tools_report(json.dumps(d, sort_keys=True))
+    except (TypeError, ValueError, RecursionError): return _check_tools(o, add)
+    for i in issues: add(*i)
+    return names
+
 def _check_call(f, fld:str, add, names:set|None):
     "Check one called function: {name, arguments} with a defined name and JSON arguments."
     if not isinstance(f, dict): add(fld, "invalid_tool_call", "the call's function must be {\"name\", \"arguments\"}"); return
@@ -974,7 +995,7 @@ def _check_record(o, add, add_warn)->list|None:
     if not isinstance(msgs, list) or not msgs: add("messages", "missing_messages", "'messages' must be a non-empty list"); return None
     for k in o:
         if k not in RECORD_KEYS: add_warn(k, "unrecognized_top_level_key", f"unrecognized key {k!r} (ignored by OpenAI)")
-    names = _check_tools(o, add)
+    names = _check_defs(o, add)
     ok, has_asst, call_ids = True, False, set()
     for j, m in enumerate(msgs):
         f = f"messages[{j}]"
@@ -1033,7 +1054,7 @@ def _norm_raw(raw:bytes)->bytes:
     s = b" ".join(raw.replace(b"\\n", b" ").replace(b"\\t", b" ").replace(b"\\r", b" ").split())
     return s.replace(b' "', b'"').replace(b'" ', b'"')
 
-_FAST_KEYS, _ROLESET = frozenset({"role", "content", "weight", "name"}), frozenset(ROLES)
+_FAST_KEYS, _FAST_ROLES = frozenset({"role", "content", "weight", "name"}), frozenset({"system", "user", "assistant"})
 def _fast_messages(o)->list|None:
     "The messages of an ordinary, valid, tool-free record; None if anything needs the full checker."
     if type(o) is not dict or o.keys() - {"messages", "metadata"}: return None
@@ -1043,9 +1064,8 @@ def _fast_messages(o)->list|None:
     for m in msgs:
         if type(m) is not dict or m.keys() - _FAST_KEYS: return None
         r, c = m.get("role"), m.get("content")
-        if r not in _ROLESET or r == "tool" or type(c) is not str or not c or c.isspace(): return None
+        if r not in _FAST_ROLES or type(c) is not str or not c or c.isspace(): return None  # tool/function messages take the full checker
         if "weight" in m and (m["weight"] not in (0, 1) or type(m["weight"]) is bool): return None
-        if r == "function" and type(m.get("name")) is not str: return None
         if r == "assistant": asst = True
     return msgs if asst else None
 
@@ -1126,6 +1146,7 @@ def validate_file(
     path = Path(path)
     if not path.exists(): raise DataError(f"{path}: no such file")
     if format is not None and format not in FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    if path.stat().st_size > MAX_FILE_BYTES: raise DataError(f"{path}: {path.stat().st_size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit", hint="split the file")
     with open(path, "rb") as f: data = f.read()
     v = _Validator(str(path), model or "gpt-4o-mini-2024-07-18", max_tokens or MAX_TOKENS_PER_EXAMPLE, min_examples, count_tokens)
     items = None
