@@ -589,7 +589,7 @@ def _to_alpaca(c:Conversation, drop)->dict:
     if inp is not None: d["input"] = inp
     d[s.get("answer", "output")] = answer
     sys_text = _text_of(sys_.content, "messages[0].content", drop) if sys_ else None
-    if sys_text or (s.get("system") is not None and sys_text is None): d["system"] = sys_text if sys_text else s["system"]
+    if sys_text or (sys_ is None and s.get("system") == ""): d["system"] = sys_text or ""   # an empty system column read stays
     if len(turns) > 2 or s.get("history"): d["history"] = [[turns[k][1], turns[k+1][1]] for k in range(0, len(turns) - 2, 2)]
     for k, v in c.extra.items():
         if k in d or k in ("instruction", "input", "output", "response", "system", "history"): raise _Bad(k, f"the key {k!r} clashes with an Alpaca column")

@@ -126,3 +126,16 @@ def test_fuzz_readers_and_writers_raise_only_data_errors(tmp_path, recs, fmt, to
     try: export_records(ds, to, lossy=lossy)
     except DataError: pass
     assert validate_file(p, format=fmt) is not None
+
+def test_alpaca_columns_survive_an_alpaca_round_trip(tmp_path):
+    src = [{"instruction": "Sum", "input": "2 3", "output": "5", "system": "", "id": 7},              # empty system column, an extra key
+           {"instruction": "Hi", "response": "Hello", "history": [["a", "b"], ["c", "d"]]},         # GPTeacher's answer key, no input key
+           {"system": "Be brief.", "instruction": "Name a colour", "input": "", "output": "Red"}]   # another key order
+    p = tmp_path/"a.json"; p.write_text(json.dumps(src))
+    ds = read_dataset(p)
+    assert [m.role for m in ds[1].messages] == ["user", "assistant"] * 3 and ds[1].messages[-1].content == "Hello"
+    assert ds[0].to_dict() == {"messages": [{"role": "user", "content": "Sum\n\n2 3"}, {"role": "assistant", "content": "5"}], "id": 7}
+    out = write_dataset(ds, tmp_path/"b.json", "alpaca")
+    assert [json.dumps(r) for r in json.loads(out.read_text())] == [json.dumps(r) for r in src]
+    ds[2].messages.pop(0)                                                           # an edit drops the system prompt: it is not revived
+    assert "system" not in export_records(ds, "alpaca")[0][2]
