@@ -1015,6 +1015,8 @@ def _check_record(o, add, add_warn)->list|None:
                 add(f"{f}.content", "missing_content", "content is empty")
         if "weight" in m and (m["weight"] not in (0, 1) or isinstance(m["weight"], bool)):
             add(f"{f}.weight", "invalid_weight", f"weight must be 0 or 1, got {m['weight']!r}")
+        elif "weight" in m and role != "assistant":
+            add_warn(f"{f}.weight", "weight_ignored", f"weight on a {str(role)[:16]} message is ignored: only assistant turns are trained (OpenAI accepts it on assistant messages only)")
         if calls is not None:
             if role != "assistant": add(f"{f}.tool_calls", "invalid_tool_call", "only assistant messages make tool calls")
             elif not isinstance(calls, list) or not calls: add(f"{f}.tool_calls", "invalid_tool_call", "tool_calls must be a non-empty list")
@@ -1065,7 +1067,7 @@ def _fast_messages(o)->list|None:
         if type(m) is not dict or m.keys() - _FAST_KEYS: return None
         r, c = m.get("role"), m.get("content")
         if r not in _FAST_ROLES or type(c) is not str or not c or c.isspace(): return None  # tool/function messages take the full checker
-        if "weight" in m and (m["weight"] not in (0, 1) or type(m["weight"]) is bool): return None
+        if "weight" in m and (m["weight"] not in (0, 1) or type(m["weight"]) is bool or r != "assistant"): return None
         if r == "assistant": asst = True
     return msgs if asst else None
 

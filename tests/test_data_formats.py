@@ -66,6 +66,8 @@ def test_lf_v1_parts_and_loss_weight(tmp_path):
                                         {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "weight": 1}]}
     assert export_records([c], "lf_v1")[0] == [rec]
     assert normalize_messages(c, keep_weight=True)[1] == {"role": "assistant", "content": "ab", "weight": 1}
+    rep = validate_records([c], min_examples=1)     # OpenAI takes `weight` on assistant messages only: the user's is flagged, not fatal
+    assert rep.ok and [(w.field, w.kind) for w in rep.warnings] == [("messages[0].weight", "weight_ignored")]
 
 TOOL_CASES = [  # (change to TOOLREC, expected error kind, field)
     (lambda r: r["messages"][3].pop("tool_call_id"), "missing_tool_call_id", "messages[3].tool_call_id"),
