@@ -301,7 +301,10 @@ class ShareGPTTags:
     def parse(cls, tags=None)->ShareGPTTags:
         "From a `ShareGPTTags`, a dict, or `['user_tag=user', ...]` pairs."
         if tags is None or isinstance(tags, cls): return tags or cls()
-        if not isinstance(tags, dict): tags = dict(t.split("=", 1) for t in tags if "=" in t)
+        if not isinstance(tags, dict):
+            bad = [t for t in tags if "=" not in str(t)]
+            if bad: raise ConfigError(f"ShareGPT tags are name=value pairs, got {str(bad[0])[:40]!r}", hint="e.g. role_tag=role content_tag=content (put --tags after the file names)")
+            tags = dict(str(t).split("=", 1) for t in tags)
         bad = set(tags) - set(cls.__dataclass_fields__)
         if bad: raise ConfigError(f"unknown ShareGPT tag(s) {', '.join(sorted(bad))}", hint=f"use {', '.join(cls.__dataclass_fields__)}")
         return cls(**tags)
