@@ -241,6 +241,7 @@ def read_items(
         except RecursionError: raise DataError(f"{path}:{i}: JSON nested too deeply") from None
     return out, False
 
+# %% ../nbs/01_data.ipynb #d7da75a1
 def _record_format(o)->str|None:
     "The format one record is in, judged from its keys; None when it is none we know."
     if not isinstance(o, dict): return None
@@ -355,6 +356,7 @@ def _calls_to_json(calls, fld:str, drop)->str:
         items.append({"name": f.get("name"), "arguments": obj if obj is not None and json.dumps(obj, ensure_ascii=False) == a else a})
     return json.dumps(items[0] if len(items) == 1 else items, ensure_ascii=False)
 
+# %% ../nbs/01_data.ipynb #7ba90165
 def _from_openai(o)->Conversation:
     _need_dict(o, "an OpenAI record is {\"messages\": [...]}")
     if not isinstance(o.get("messages"), list): raise _Bad("messages", "OpenAI record needs a 'messages' list")
@@ -397,6 +399,7 @@ def _from_sharegpt(o, tags:ShareGPTTags|None=None)->Conversation:
     c.keys, c.source = tuple(keys), {"format": "sharegpt", "system_column": sysc}
     return c
 
+# %% ../nbs/01_data.ipynb #f43136cd
 def _from_alpaca(o)->Conversation:
     ans = "response" if "response" in _need_dict(o, "Alpaca").keys() and "output" not in o else "output"
     for k in ("instruction", ans):
@@ -474,6 +477,7 @@ def _from_lf_v1(o)->Conversation:
     c.keys, c.source = tuple(keys), {"format": "lf_v1", "tools_text": isinstance(o.get("tools"), str)}
     return c
 
+# %% ../nbs/01_data.ipynb #c3015729
 _READERS = {"openai": _from_openai, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca, "trl": _from_trl, "lf_v1": _from_lf_v1}
 
 def _refuse_unsupported(fmt:str, path):
@@ -569,6 +573,7 @@ def _to_sharegpt(c:Conversation, drop, tags:ShareGPTTags|None=None)->dict:
         else: out[k] = v
     return out
 
+# %% ../nbs/01_data.ipynb #b5dbfe99
 def _to_alpaca(c:Conversation, drop)->dict:
     for k in _CONV_OPTIONAL:
         if getattr(c, k) is not None: drop(k, k)
@@ -645,6 +650,7 @@ def _to_lf_v1(c:Conversation, drop)->dict:
         else: out[k] = v
     return out
 
+# %% ../nbs/01_data.ipynb #16705e23
 _WRITERS = {"openai": _to_openai, "sharegpt": _to_sharegpt, "alpaca": _to_alpaca, "trl": _to_trl, "lf_v1": _to_lf_v1}
 
 def _conversations(ds)->list[Conversation]:
@@ -990,6 +996,7 @@ def _check_content(c, f:str, add)->bool:
             add(f"{pf}.image_url", "invalid_content_part", 'an image part needs {"image_url": {"url": ...}}'); ok = False
     return ok
 
+# %% ../nbs/01_data.ipynb #df488593
 def _check_record(o, add, add_warn)->list|None:
     "Check one parsed record; report through `add(field, kind, message)`; return usable messages or None."
     if not isinstance(o, dict): add("", "not_a_dict", f"record is a {type(o).__name__}, not a JSON object"); return None
