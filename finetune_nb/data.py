@@ -241,7 +241,7 @@ def read_items(
         except RecursionError: raise DataError(f"{path}:{i}: JSON nested too deeply") from None
     return out, False
 
-# %% ../nbs/01_data.ipynb #d7da75a1
+# %% ../nbs/01_data.ipynb #6b320007
 def _record_format(o)->str|None:
     "The format one record is in, judged from its keys; None when it is none we know."
     if not isinstance(o, dict): return None
@@ -356,7 +356,7 @@ def _calls_to_json(calls, fld:str, drop)->str:
         items.append({"name": f.get("name"), "arguments": obj if obj is not None and json.dumps(obj, ensure_ascii=False) == a else a})
     return json.dumps(items[0] if len(items) == 1 else items, ensure_ascii=False)
 
-# %% ../nbs/01_data.ipynb #7ba90165
+# %% ../nbs/01_data.ipynb #ccc5a69b
 def _from_openai(o)->Conversation:
     _need_dict(o, "an OpenAI record is {\"messages\": [...]}")
     if not isinstance(o.get("messages"), list): raise _Bad("messages", "OpenAI record needs a 'messages' list")
@@ -399,7 +399,7 @@ def _from_sharegpt(o, tags:ShareGPTTags|None=None)->Conversation:
     c.keys, c.source = tuple(keys), {"format": "sharegpt", "system_column": sysc}
     return c
 
-# %% ../nbs/01_data.ipynb #f43136cd
+# %% ../nbs/01_data.ipynb #69b9cd3c
 def _from_alpaca(o)->Conversation:
     ans = "response" if "response" in _need_dict(o, "Alpaca").keys() and "output" not in o else "output"
     for k in ("instruction", ans):
@@ -477,7 +477,7 @@ def _from_lf_v1(o)->Conversation:
     c.keys, c.source = tuple(keys), {"format": "lf_v1", "tools_text": isinstance(o.get("tools"), str)}
     return c
 
-# %% ../nbs/01_data.ipynb #c3015729
+# %% ../nbs/01_data.ipynb #d00be256
 _READERS = {"openai": _from_openai, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca, "trl": _from_trl, "lf_v1": _from_lf_v1}
 
 def _refuse_unsupported(fmt:str, path):
@@ -573,7 +573,7 @@ def _to_sharegpt(c:Conversation, drop, tags:ShareGPTTags|None=None)->dict:
         else: out[k] = v
     return out
 
-# %% ../nbs/01_data.ipynb #b5dbfe99
+# %% ../nbs/01_data.ipynb #4d9feef0
 def _to_alpaca(c:Conversation, drop)->dict:
     for k in _CONV_OPTIONAL:
         if getattr(c, k) is not None: drop(k, k)
@@ -650,7 +650,7 @@ def _to_lf_v1(c:Conversation, drop)->dict:
         else: out[k] = v
     return out
 
-# %% ../nbs/01_data.ipynb #16705e23
+# %% ../nbs/01_data.ipynb #b341b589
 _WRITERS = {"openai": _to_openai, "sharegpt": _to_sharegpt, "alpaca": _to_alpaca, "trl": _to_trl, "lf_v1": _to_lf_v1}
 
 def _conversations(ds)->list[Conversation]:
@@ -690,7 +690,9 @@ def export_records(
 def _dump(recs:list, path:str|Path, jsonl:bool|None=None)->Path:
     "Write records atomically: a JSON array when the path ends in .json, else JSONL."
     jsonl = not str(path).endswith(".json") if jsonl is None else jsonl
-    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs) if jsonl else json.dumps(recs, ensure_ascii=False, indent=2) + "\n")
+    try: text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs) if jsonl else json.dumps(recs, ensure_ascii=False, indent=2) + "\n"
+    except RecursionError: raise DataError(f"{path}: a record is nested too deeply to write") from None
+    return atomic_write(path, text)
 
 def write_dataset(
     ds,                   # dataset-like
@@ -757,9 +759,11 @@ class TokenCounter:
         fs = [t.get("function") for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
         fs = [f for f in fs + (functions if isinstance(functions, list) else []) if isinstance(f, dict)]
         if not fs: return 0
-        key = json.dumps(fs, sort_keys=True, default=str)
-        n = self._tools.get(key)
-        if n is None: n = self._tools[key] = self._count_functions(fs)
+        try:
+            key = json.dumps(fs, sort_keys=True, default=str)
+            n = self._tools.get(key)
+            if n is None: n = self._tools[key] = self._count_functions(fs)
+        except RecursionError: raise DataError("tool definitions are nested too deeply to count") from None
         return n
     def _count_functions(self, fs:list)->int:
         n = 12
@@ -996,7 +1000,7 @@ def _check_content(c, f:str, add)->bool:
             add(f"{pf}.image_url", "invalid_content_part", 'an image part needs {"image_url": {"url": ...}}'); ok = False
     return ok
 
-# %% ../nbs/01_data.ipynb #df488593
+# %% ../nbs/01_data.ipynb #58b61b3a
 def _check_record(o, add, add_warn)->list|None:
     "Check one parsed record; report through `add(field, kind, message)`; return usable messages or None."
     if not isinstance(o, dict): add("", "not_a_dict", f"record is a {type(o).__name__}, not a JSON object"); return None
@@ -1057,9 +1061,12 @@ def _squash(o):
     return o
 
 def _exact_key(o)->str:
-    "A record's identity: its JSON with sorted keys (every field counts: tools and tool calls too)."
-    return json.dumps(o, sort_keys=True, ensure_ascii=False, default=str)
-def _norm_key(o)->str: return _exact_key(_squash(o))
+    "A record's identity: its JSON with sorted keys (every field counts: tools and tool calls too); too deep to key: unique."
+    try: return json.dumps(o, sort_keys=True, ensure_ascii=False, default=str)
+    except RecursionError: return f"\x00too-deep-{id(o)}"
+def _norm_key(o)->str:
+    try: return _exact_key(_squash(o))
+    except RecursionError: return _exact_key(o)
 
 def _norm_raw(raw:bytes)->bytes:
     "Whitespace-normalized key of a raw JSON line: runs collapse, and whitespace at string edges goes."

@@ -141,3 +141,17 @@ def test_alpaca_columns_survive_an_alpaca_round_trip(tmp_path):
     assert [json.dumps(r) for r in json.loads(out.read_text())] == [json.dumps(r) for r in src]
     ds[2].messages.pop(0)                                                           # an edit drops the system prompt: it is not revived
     assert "system" not in export_records(ds, "alpaca")[0][2]
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_deeply_nested_records_do_not_crash(tmp_path, suffix):
+    from finetune_nb.data import dedupe_file, split_file
+    rec = '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "metadata": ' + "[" * 985 + '"x"' + "]" * 985 + "}"
+    p = tmp_path/f"deep{suffix}"; p.write_text(f"[{rec}]" if suffix == ".json" else rec + "\n")   # near the parser's depth limit
+    rep = validate_file(p, min_examples=1)   # read (n_lines 1), or reported as too deep to parse from this stack: never a crash
+    assert rep.stats["n_lines"] == 1 or rep.errors[0].kind == "invalid_json"
+    for f in (lambda: dedupe_file(p, tmp_path/f"d{suffix}"), lambda: split_file(p, tmp_path, 0.5), lambda: export_records(read_dataset(p), "sharegpt")):
+        try: f()
+        except DataError: pass
+    (tmp_path/"deeper.json").write_text("[" + "[" * 100_000 + "]" * 100_000 + "]")
+    with pytest.raises(DataError, match="deeper.json:1: \\[0\\]"): read_dataset(tmp_path/"deeper.json")
+    assert [i.kind for i in validate_file(tmp_path/"deeper.json").errors][0] == "invalid_json"
