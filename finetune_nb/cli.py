@@ -12,8 +12,8 @@ from .core import FinetuneNBError, ConfigError, DataError, get_config
 
 # %% auto #0
 __all__ = ['COMMANDS', 'FORMAT', 'METHOD', 'PIPELINES_DIR', 'PIPELINES', 'command', 'make_parser', 'emit_json', 'json_mode',
-           'UsageError', 'main', 'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split', 'train',
-           'eval_', 'migrate', 'archive', 'jobs', 'env_info', 'parse_param', 'pipeline_path', 'run_pipeline',
+           'UsageError', 'main', 'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split', 'dedupe',
+           'train', 'eval_', 'migrate', 'archive', 'jobs', 'env_info', 'parse_param', 'pipeline_path', 'run_pipeline',
            'headline_lines', 'run', 'demo', 'serve']
 
 # %% ../nbs/10_cli.ipynb #1d6c54a9
@@ -132,7 +132,7 @@ def run_cli(
     return rc, out.getvalue(), err.getvalue()
 
 # %% ../nbs/10_cli.ipynb #4ee91560
-FORMAT = Literal["openai", "alpaca", "sharegpt"]
+FORMAT = Literal["openai", "sharegpt", "alpaca", "trl", "lf_v1"]
 
 def _fmt_int(n)->str: return f"{n:,}" if isinstance(n, int) else str(n)
 
@@ -149,6 +149,8 @@ def preflight_report(
     if "tokens_total" in s:
         out.append(f"  tokens per example  min {s['tokens_min']}  mean {s['tokens_mean']}  p95 {s['tokens_p95']}  max {s['tokens_max']}")
         out.append(f"  tokens total        {_fmt_int(s['tokens_total'])} ({_fmt_int(s.get('assistant_tokens', 0))} in assistant replies)")
+        if s.get("tool_definition_tokens") or s.get("tool_call_tokens"):
+            out.append(f"  tool tokens         {_fmt_int(s.get('tool_definition_tokens', 0))} in tool definitions, {_fmt_int(s.get('tool_call_tokens', 0))} in tool calls (included above)")
     c = s.get("cost")
     if c:
         usd = "unknown price" if c.get("estimated_usd") is None else f"${c['estimated_usd']:.2f}"
@@ -165,15 +167,16 @@ def preflight_report(
 
 @command()
 def validate(
-    file:str,                   # data file (JSONL, or a JSON array for Alpaca)
+    file:str,                   # data file (JSONL, or a JSON array)
     format:FORMAT|None=None,    # data format; default: detect from the first record
     json:bool=False,            # print the report as JSON
     model:str|None=None,        # OpenAI model used for exact token counts (default gpt-4o-mini)
     max_tokens:int|None=None,   # warn about examples longer than this many tokens
+    tags:list[str]|None=None,   # ShareGPT column/speaker names, e.g. role_tag=role content_tag=content user_tag=user
 )->int:
     "Check a fine-tuning data file and report every problem with its line number."
     from finetune_nb.data import validate_file
-    rep = validate_file(_need_file(file), format=format, model=model, max_tokens=max_tokens)
+    rep = validate_file(_need_file(file), format=format, model=model, max_tokens=max_tokens, tags=tags)
     if json:
         emit_json(rep.to_dict())
     else:
@@ -189,10 +192,11 @@ def stats(
     format:FORMAT|None=None,  # data format; default: detect
     model:str|None=None,      # OpenAI model for token counts and the cost estimate
     json:bool=False,          # print the statistics as JSON
+    tags:list[str]|None=None, # ShareGPT column/speaker names, e.g. role_tag=role content_tag=content
 )->int:
-    "Print counts, token statistics and a fine-tuning cost estimate for a data file."
+    "Print counts, token statistics (tool definitions and calls apart) and a fine-tuning cost estimate for a data file."
     from finetune_nb.data import validate_file
-    rep = validate_file(_need_file(file), format=format, model=model)
+    rep = validate_file(_need_file(file), format=format, model=model, tags=tags)
     if json:
         emit_json(rep.stats)
     else: print(preflight_report(rep, title=str(file)))
@@ -201,38 +205,57 @@ def stats(
 @command(src_format=dict(flags=["--from"]), dst_format=dict(flags=["--to"]))
 def convert(
     src:str,                      # input file
-    dst:str,                      # output file
-    src_format:FORMAT|None=None,  # input format; default: detect
+    dst:str,                      # output file (.json: a JSON array, else JSONL)
+    src_format:FORMAT|None=None,  # input format; default: detect from the content
     dst_format:FORMAT="openai",   # output format
+    lossy:bool=False,             # drop what the output format can't hold (and count it) instead of stopping
+    tags:list[str]|None=None,     # ShareGPT column/speaker names (input and output), e.g. user_tag=user assistant_tag=assistant
 )->int:
-    "Convert a data file between OpenAI chat JSONL, Alpaca and ShareGPT."
-    from finetune_nb.data import read_dataset, write_dataset
-    ds = read_dataset(_need_file(src), format=src_format)
-    write_dataset(ds, dst, format=dst_format)
-    print(f"wrote {len(ds)} conversations to {dst} ({dst_format})")
+    "Convert a data file between OpenAI chat, ShareGPT, Alpaca, TRL prompt/completion and LLaMA-Factory v1, keeping every field."
+    from finetune_nb.data import read_dataset, export_records, _dump
+    ds = read_dataset(_need_file(src), format=src_format, tags=tags)
+    recs, dropped = export_records(ds, dst_format, lossy=lossy, tags=tags)
+    _dump(recs, dst)
+    print(f"wrote {len(recs)} conversations to {dst} ({dst_format}, {'JSON array' if str(dst).endswith('.json') else 'JSONL'})")
+    if dropped: print("dropped (--lossy): " + ", ".join(f"{k}: {n}" for k, n in dropped.most_common()))
     return 0
 
 @command()
 def split(
-    file:str,                 # data file
-    out_dir:str|None=None,    # where to write `<name>_train.jsonl` and `<name>_val.jsonl` (default: beside the file)
+    file:str,                 # data file (any format; its records are copied untouched)
+    out_dir:str|None=None,    # where to write `<name>_train` and `<name>_val` (default: beside the file)
     val_frac:float=0.1,       # fraction held out for validation
     seed:int=42,              # makes the split reproducible
-    format:FORMAT|None=None,  # input format; default: detect
+    format:FORMAT|None=None,  # input format; default: detect (only reported: records are not converted)
     json:bool=False,          # print the result as JSON
 )->int:
-    "Shuffle with a seed and write train/validation files in OpenAI chat JSONL."
+    "Shuffle with a seed and write train/validation files with the input's records, format and container (JSONL or JSON array)."
     from finetune_nb import data
     src = _need_file(file)
     if not 0 <= val_frac < 1: raise UsageError(f"--val-frac {val_frac} must be in [0, 1)")
-    tr, va = data.split(data.read_dataset(src, format=format), val_frac=val_frac, seed=seed)
-    d = Path(out_dir) if out_dir else src.parent
-    stem = src.name.split(".")[0]
-    ptr, pva = data.write_openai_jsonl(tr, d/f"{stem}_train.jsonl"), data.write_openai_jsonl(va, d/f"{stem}_val.jsonl")
-    res = {"train": str(ptr), "val": str(pva), "n_train": len(tr), "n_val": len(va), "seed": seed}
+    res = data.split_file(src, out_dir, val_frac=val_frac, seed=seed)
+    if format: res["format"] = format
     if json:
         emit_json(res)
-    else: print(f"train: {len(tr)} → {ptr}\nval:   {len(va)} → {pva}")
+    else: print(f"train: {res['n_train']} → {res['train']}\nval:   {res['n_val']} → {res['val']}")
+    return 0
+
+@command()
+def dedupe(
+    file:str,                 # data file (any format; kept records are copied untouched)
+    out:str|None=None,        # output file (default: `<name>_dedup` beside the input, same container)
+    exact:bool=False,         # only exact duplicates (default: also whitespace-only differences)
+    json:bool=False,          # print the result as JSON
+)->int:
+    "Write a data file without duplicate records, keeping the first of each; list where the dropped ones were."
+    from finetune_nb import data
+    res = data.dedupe_file(_need_file(file), out, normalize=not exact)
+    if json:
+        emit_json(res)
+    else:
+        print(f"kept {res['n_out']} of {res['n_in']} records → {res['out']}")
+        for d in res["duplicates"][:10]: print(f"  duplicate: {d}")
+        if len(res["duplicates"]) > 10: print(f"  ... and {len(res['duplicates']) - 10} more")
     return 0
 
 # %% ../nbs/10_cli.ipynb #fd58c135

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #9c2ef94a
 from __future__ import annotations
-import json, math, random, statistics
+import json, math, random, re, statistics
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from functools import lru_cache
@@ -15,38 +15,84 @@ try: from orjson import loads as _loads
 except ImportError: _loads = json.loads
 
 # %% auto #0
-__all__ = ['ROLES', 'FORMATS', 'TRAINING_PRICES', 'MAX_TOKENS_PER_EXAMPLE', 'MESSAGE_KEYS', 'RECORD_KEYS', 'Message',
-           'Conversation', 'TrainingExample', 'ChatDataset', 'to_records', 'normalize_messages', 'detect_format',
-           'read_dataset', 'write_openai_jsonl', 'write_alpaca', 'write_sharegpt', 'write_dataset', 'get_encoding',
-           'TokenCounter', 'count_tokens', 'hf_token_counts', 'default_epochs', 'estimate_cost', 'Issue',
-           'ValidationReport', 'token_stats', 'validate_file', 'validate_records', 'dedupe', 'split', 'dataset_stats',
-           'plot_token_histogram', 'DatasetBuilder']
+__all__ = ['ROLES', 'FORMATS', 'MAX_FILE_BYTES', 'UNSUPPORTED', 'SHAREGPT', 'TRAINING_PRICES', 'MAX_TOKENS_PER_EXAMPLE',
+           'MESSAGE_KEYS', 'RECORD_KEYS', 'FUNCTION_NAME', 'Message', 'Conversation', 'TrainingExample', 'ChatDataset',
+           'to_records', 'normalize_messages', 'read_items', 'detect_format', 'ShareGPTTags', 'to_conversation',
+           'read_dataset', 'export_records', 'write_dataset', 'write_openai_jsonl', 'write_alpaca', 'write_sharegpt',
+           'get_encoding', 'TokenCounter', 'count_tokens', 'hf_token_counts', 'default_epochs', 'estimate_cost',
+           'Issue', 'ValidationReport', 'token_stats', 'validate_file', 'validate_records', 'dedupe', 'split',
+           'split_file', 'dedupe_file', 'dataset_stats', 'plot_token_histogram', 'DatasetBuilder']
 
 # %% ../nbs/01_data.ipynb #b6a5a19f
 ROLES = ("system", "user", "assistant", "tool", "function")
+_MSG_OPTIONAL = ("weight", "name", "tool_calls", "tool_call_id", "function_call")
+_MSG_FIELDS = ("role", "content") + _MSG_OPTIONAL
+_CONV_OPTIONAL = ("tools", "parallel_tool_calls", "functions")
+
+def _ordered(d:dict, keys)->dict:
+    "`d` with the keys in `keys` first, in that order (the order a record was read in), then the others."
+    if not keys: return d
+    out = {k: d[k] for k in keys if k in d}
+    out.update((k, v) for k, v in d.items() if k not in out)
+    return out
 
 @dataclass
 class Message:
-    "One chat message."
-    role:str                 # system, user, assistant (tool, function accepted)
-    content:str              # the text
-    weight:int|None=None     # 0 = in context only, 1 = train on it (assistant turns); None = default
+    "One chat message with every field of OpenAI's fine-tuning format; other keys ride along in `extra`."
+    role:str                                 # system, user, assistant, tool (function: legacy)
+    content:str|list|None=None               # text, or a list of parts ({"type": "text"|"image_url", ...}); None: a tool-call-only turn
+    weight:int|None=None                     # assistant turns: 0 = context only, 1 = trained; None = default
+    name:str|None=None                       # participant name (legacy `function` messages: the function's)
+    tool_calls:list[dict]|None=None          # assistant: [{"id", "type": "function", "function": {"name", "arguments": JSON text}}]
+    tool_call_id:str|None=None               # tool: the id of the call this message answers
+    function_call:dict|None=None             # assistant, legacy: {"name", "arguments"}
+    extra:dict=field(default_factory=dict)   # any other keys, kept as they came
+    keys:tuple=field(default=(), repr=False, compare=False)  # keys as read, in order (a present `null` stays present)
     def to_dict(self)->dict:
-        d = {"role": self.role, "content": self.content}
-        if self.weight is not None: d["weight"] = self.weight
-        return d
+        d = {"role": self.role} if self.role is not None or not self.keys or "role" in self.keys else {}
+        for k in ("content",) + _MSG_OPTIONAL:
+            v = getattr(self, k)
+            if v is not None or k in self.keys: d[k] = v
+        d.update(self.extra)
+        return _ordered(d, self.keys)
+    @property
+    def text(self)->str:
+        "The content as plain text (text parts joined; '' for none)."
+        if isinstance(self.content, list): return "".join(p.get("text") or "" for p in self.content if isinstance(p, dict) and p.get("type") == "text")
+        return self.content or ""
+    @classmethod
+    def from_dict(cls, d:dict)->Message:
+        return cls(**{k: d.get(k) for k in _MSG_FIELDS}, extra={k: v for k, v in d.items() if k not in _MSG_FIELDS}, keys=tuple(d))
 
 @dataclass
 class Conversation:
-    "A multi-turn chat: the unit of training data."
-    messages:list[Message]   # in order; the assistant turns are what the model learns
+    "A multi-turn chat, the unit of training data: messages and the tools they may call; other record keys ride along in `extra`."
+    messages:list[Message]                   # in order; the assistant turns (text and tool calls) are what the model learns
+    tools:list[dict]|None=None               # [{"type": "function", "function": {"name", "description"?, "parameters"?: JSON Schema}}]
+    parallel_tool_calls:bool|None=None       # may the assistant call several tools in one turn
+    functions:list[dict]|None=None           # legacy function definitions: [{"name", "description"?, "parameters"?}]
+    extra:dict=field(default_factory=dict)   # any other record keys (`metadata`, `id`, ...), kept as they came
+    keys:tuple=field(default=(), repr=False, compare=False)     # record keys as read, in order
+    source:dict|None=field(default=None, repr=False, compare=False)  # where it was read ({"format", "where": (file, line, index)}) and format hints
     @classmethod
-    def from_dict(cls, d:dict)->Conversation:
-        'From `{"messages": [...]}` (or a bare list of message dicts).'
-        msgs = d["messages"] if isinstance(d, dict) else d
-        return cls([m if isinstance(m, Message) else Message(m["role"], m.get("content"), m.get("weight")) for m in msgs])
-    def to_dict(self)->dict: return {"messages": [m.to_dict() for m in self.messages]}
+    def from_dict(cls, d)->Conversation:
+        'From `{"messages": [...], ...}` (or a bare list of message dicts).'
+        if not isinstance(d, dict): return cls([m if isinstance(m, Message) else Message.from_dict(m) for m in d])
+        msgs = [m if isinstance(m, Message) else Message.from_dict(m) for m in d["messages"]]
+        return cls(msgs, **{k: d.get(k) for k in _CONV_OPTIONAL}, extra={k: v for k, v in d.items() if k != "messages" and k not in _CONV_OPTIONAL}, keys=tuple(d))
+    def to_dict(self)->dict:
+        d = {"messages": [m.to_dict() for m in self.messages]}
+        for k in _CONV_OPTIONAL:
+            v = getattr(self, k)
+            if v is not None or k in self.keys: d[k] = v
+        d.update(self.extra)
+        return _ordered(d, self.keys)
     def by_role(self, role:str)->list[Message]: return [m for m in self.messages if m.role == role]
+    @property
+    def tool_names(self)->list[str]:
+        "Names of the functions this conversation defines (`tools`, then legacy `functions`)."
+        fs = [t.get("function") for t in self.tools or [] if isinstance(t, dict)] + list(self.functions or [])
+        return [f["name"] for f in fs if isinstance(f, dict) and isinstance(f.get("name"), str)]
     @property
     def is_single_turn(self)->bool:
         "At most one system, exactly one user then one assistant message."
@@ -132,101 +178,543 @@ def normalize_messages(
     return out
 
 # %% ../nbs/01_data.ipynb #fed6a930
-FORMATS = ("openai", "alpaca", "sharegpt")
-_SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-                  "tool": "tool", "function_call": "assistant", "observation": "tool"}
-_SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system", "tool": "tool"}
+FORMATS = ("openai", "sharegpt", "alpaca", "trl", "lf_v1")
+MAX_FILE_BYTES = 4 << 30  # a data file larger than this is refused (split it first)
+UNSUPPORTED = {  # recognised formats that are not chat SFT data
+    "openai_dpo": "OpenAI preference (DPO) data (input + preferred_output + non_preferred_output)",
+    "lf_v1_dpo": "LLaMA-Factory v1 preference data (chosen_messages + rejected_messages)",
+    "sharegpt_dpo": "ShareGPT preference data (conversations + chosen + rejected)",
+    "alpaca_dpo": "Alpaca preference data (instruction + chosen + rejected)",
+    "trl_dpo": "TRL preference data (prompt + chosen + rejected)",
+    "kto": "KTO data (messages + a boolean label)"}
 
-def _json_items(path:Path)->list[tuple[int, Any]]:
-    "(line, item) pairs from a JSON array file or a JSONL file."
-    text = path.read_bytes().decode("utf-8", errors="strict") if path.stat().st_size else ""
-    if text.lstrip().startswith("["):
-        try: return [(0, o) for o in json.loads(text)]
-        except json.JSONDecodeError as e: raise DataError(f"{path}:{e.lineno}: invalid JSON array ({e.msg})") from None
+class _Bad(Exception):
+    "A problem in one record: the field and what is wrong. Readers and writers raise it; their callers add the location."
+    def __init__(self, fld:str, msg:str): super().__init__(fld, msg); self.fld, self.msg = fld, msg
+
+def _at(loc, fld:str="")->str:
+    "`file:line: field`; in a JSON array the record's index comes first: `file:line: [3].field`."
+    path, line, idx = loc
+    if idx is not None: fld = f"[{idx}]" + (("" if fld.startswith("[") else ".") + fld if fld else "")
+    return f"{path}:{line}: {fld}" if fld else f"{path}:{line}"
+
+_WS = re.compile(r"[ \t\n\r]*")
+def _array_items(text:str, path)->Iterator[tuple[int, int, Any]]:
+    "(line, index, record) for each element of a JSON array, parsed one at a time so that each knows its line."
+    dec, k, line, last = json.JSONDecoder(), 0, 1, 0
+    i = _WS.match(text, text.index("[") + 1).end()
+    if text.startswith("]", i): return
+    while True:
+        line += text.count("\n", last, i); last = i
+        try: o, j = dec.raw_decode(text, i)
+        except json.JSONDecodeError as e: raise DataError(f"{path}:{e.lineno}: [{k}]: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError: raise DataError(f"{path}:{line}: [{k}]: JSON nested too deeply") from None
+        yield line, k, o
+        k, i = k + 1, _WS.match(text, j).end()
+        if text.startswith(",", i): i = _WS.match(text, i + 1).end(); continue
+        if text.startswith("]", i) and not text[i+1:].strip(): return
+        raise DataError(f"{path}:{line + text.count(chr(10), last, i)}: [{k-1}]: invalid JSON array (expected ',' or ']' after this record)")
+
+def read_items(
+    path:str|Path, # a JSONL file or a JSON array of records
+)->tuple[list, bool]: # ([(location, record), ...], is it a JSON array); a location is (file, line, index in the array or None)
+    "Every record of a data file as parsed JSON, with its location; nothing is converted."
+    p = Path(path)
+    if not p.is_file(): raise DataError(f"{path}: no such file")
+    if p.stat().st_size > MAX_FILE_BYTES: raise DataError(f"{path}: {p.stat().st_size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit", hint="split the file")
+    data = p.read_bytes()
+    try: text = data.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{data.count(chr(10).encode(), 0, e.start) + 1}: bytes at offset {e.start} are not valid UTF-8", hint="save the file as UTF-8") from None
+    if text.lstrip().startswith("["): return [((str(path), ln, k), o) for ln, k, o in _array_items(text, path)], True
     out = []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):
         if not line.strip(): continue
-        try: out.append((i, json.loads(line)))
-        except json.JSONDecodeError as e: raise DataError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})",
-                                                          hint=f"run `finetune-nb validate {path}` to see every problem") from None
-    return out
+        try: out.append(((str(path), i, None), json.loads(line)))
+        except json.JSONDecodeError as e:
+            if not out and text.lstrip().startswith("{"):  # one JSON object over several lines: not a data file
+                try: whole = json.loads(text)
+                except (ValueError, RecursionError): whole = None
+                if isinstance(whole, dict): raise DataError(f"{path}:1: the file is one JSON object (keys: {', '.join(map(str, list(whole)[:5]))}), not records",
+                                                            hint="a data file is JSONL (one record per line) or a JSON array of records") from None
+            raise DataError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})", hint=f"run `finetune-nb validate {path}` to see every problem") from None
+        except RecursionError: raise DataError(f"{path}:{i}: JSON nested too deeply") from None
+    return out, False
+
+# %% ../nbs/01_data.ipynb #6b320007
+def _record_format(o)->str|None:
+    "The format one record is in, judged from its keys; None when it is none we know."
+    if not isinstance(o, dict): return None
+    if "preferred_output" in o or "non_preferred_output" in o: return "openai_dpo"
+    if "chosen_messages" in o or "rejected_messages" in o: return "lf_v1_dpo"
+    if "chosen" in o or "rejected" in o: return "sharegpt_dpo" if "conversations" in o else "alpaca_dpo" if "instruction" in o else "trl_dpo"
+    msgs = o.get("messages")
+    if isinstance(msgs, list):
+        if isinstance(o.get("label"), bool): return "kto"
+        for m in msgs[:8]:
+            if not isinstance(m, dict): continue
+            if "from" in m and "role" not in m: return "sharegpt"
+            c = m.get("content")
+            if "loss_weight" in m or (isinstance(c, list) and any(isinstance(p, dict) and "value" in p and "text" not in p for p in c)): return "lf_v1"
+        return "openai"
+    if "conversations" in o: return "sharegpt"
+    if "prompt" in o and "completion" in o: return "trl"
+    if "instruction" in o or "output" in o or "response" in o: return "alpaca"
+    return None
+
+def _detect(items:list, path)->str:
+    "The format of a file from its first records (LLaMA-Factory v1 parts anywhere among them win over plain OpenAI)."
+    seen = [f for f in (_record_format(o) for _, o in items[:20]) if f]
+    if not seen: raise DataError(f"{path}: cannot tell the data format from the first records", hint=f"pass format= (one of {', '.join(FORMATS)})")
+    return "lf_v1" if seen[0] == "openai" and "lf_v1" in seen else seen[0]
 
 def detect_format(
     path:str|Path, # a data file
-)->str:            # "openai", "alpaca" or "sharegpt"
-    "Guess the format of a data file from its first record."
-    for _, o in _json_items(Path(path))[:1]:
-        if isinstance(o, dict):
-            if "messages" in o: return "openai"
-            if "conversations" in o: return "sharegpt"
-            if "instruction" in o or "output" in o: return "alpaca"
-    raise DataError(f"{path}: cannot tell the data format from the first record", hint="pass format='openai'|'alpaca'|'sharegpt'")
+)->str:            # one of `FORMATS`, or a key of `UNSUPPORTED` (preference/KTO data)
+    "The format of a data file, from its records' content (not its name)."
+    return _detect(read_items(path)[0], path)
 
 # %% ../nbs/01_data.ipynb #4a692745
-def _from_alpaca(o:dict)->Conversation:
-    user = o.get("instruction", "") + (("\n\n" + o["input"]) if o.get("input") else "")
-    return TrainingExample(user, o.get("output", ""), o.get("system") or None).to_conversation()
+_SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+             "observation": "tool", "tool": "tool", "function_call": "call", "function": "function"}
 
-def _from_sharegpt(o:dict)->Conversation:
-    ms = []
-    for t in o["conversations"]:
-        role = _SHAREGPT_ROLE.get(t.get("from"))
-        if role is None: raise DataError(f"unknown ShareGPT speaker {t.get('from')!r}", hint="use human, gpt or system")
-        ms.append(Message(role, t.get("value"), t.get("weight")))
-    if o.get("system"): ms.insert(0, Message("system", o["system"]))
-    return Conversation(ms)
+@dataclass
+class ShareGPTTags:
+    "Column and speaker names of a ShareGPT file (LLaMA-Factory's `columns`/`tags` in its dataset_info.json)."
+    messages:str="conversations"       # column holding the turns
+    role_tag:str="from"                # key of a turn's speaker
+    content_tag:str="value"            # key of a turn's text
+    user_tag:str="human"               # speaker of user turns
+    assistant_tag:str="gpt"            # speaker of assistant turns
+    system_tag:str="system"            # speaker of system turns
+    function_tag:str="function_call"   # assistant turn calling tools; value: JSON {"name", "arguments"} or a list of them
+    observation_tag:str="observation"  # a tool's result
+    system:str="system"                # column holding the system prompt
+    tools:str="tools"                  # column holding the tool definitions (a JSON string)
+    def speakers(self)->dict:
+        "Speaker → role ('call' for a tool-calling assistant turn): the configured names and the common ones."
+        return {**_SPEAKERS, self.user_tag: "user", self.assistant_tag: "assistant", self.system_tag: "system",
+                self.function_tag: "call", self.observation_tag: "tool"}
+    def tag(self, role:str)->str:
+        return {"user": self.user_tag, "assistant": self.assistant_tag, "system": self.system_tag, "call": self.function_tag,
+                "tool": self.observation_tag}.get(role, role)
+    @classmethod
+    def parse(cls, tags=None)->ShareGPTTags:
+        "From a `ShareGPTTags`, a dict, or `['user_tag=user', ...]` pairs."
+        if tags is None or isinstance(tags, cls): return tags or cls()
+        if not isinstance(tags, dict):
+            bad = [t for t in tags if "=" not in str(t)]
+            if bad: raise ConfigError(f"ShareGPT tags are name=value pairs, got {str(bad[0])[:40]!r}", hint="e.g. role_tag=role content_tag=content (put --tags after the file names)")
+            tags = dict(str(t).split("=", 1) for t in tags)
+        bad = set(tags) - set(cls.__dataclass_fields__)
+        if bad: raise ConfigError(f"unknown ShareGPT tag(s) {', '.join(sorted(bad))}", hint=f"use {', '.join(cls.__dataclass_fields__)}")
+        return cls(**tags)
+
+SHAREGPT = ShareGPTTags()
+
+def _need_dict(o, what:str)->dict:
+    if not isinstance(o, dict): raise _Bad("", f"record is a {type(o).__name__}, not a JSON object ({what})")
+    return o
+
+def _wrap_tools(tools, fld:str)->list:
+    "A tools column (JSON text or a list) as OpenAI tools: bare function objects are wrapped in {'type': 'function', 'function': ...}."
+    if tools is None: return None
+    if isinstance(tools, str):
+        try: tools = json.loads(tools) if tools.strip() else []
+        except (ValueError, RecursionError) as e: raise _Bad(fld, f"tools is not valid JSON ({e})")
+    if not isinstance(tools, list): raise _Bad(fld, f"tools must be a list, got {type(tools).__name__}")
+    return [t if isinstance(t, dict) and "function" in t and "type" in t else {"type": "function", "function": t} for t in tools]
+
+def _unwrap_tools(tools:list)->list|None:
+    "OpenAI tools as bare function objects; None if some tool is more than {'type': 'function', 'function': ...}."
+    ok = all(isinstance(t, dict) and t.keys() == {"type", "function"} and t["type"] == "function" for t in tools)
+    return [t["function"] for t in tools] if ok else None
+
+def _calls_from_json(v, fld:str, first:int)->list[dict]:
+    "OpenAI `tool_calls` from a ShareGPT/LLaMA-Factory call: JSON {'name', 'arguments'} or a list of them; ids call_<n> numbered per record."
+    try: calls = json.loads(v) if isinstance(v, str) else v
+    except (ValueError, RecursionError) as e: raise _Bad(fld, f"a tool call must be JSON {{\"name\", \"arguments\"}} ({e})")
+    out = []
+    for c in calls if isinstance(calls, list) else [calls]:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str): raise _Bad(fld, 'a tool call needs {"name": ..., "arguments": ...}')
+        a = c.get("arguments", {})
+        out.append({"id": f"call_{first + len(out)}", "type": "function",
+                    "function": {"name": c["name"], "arguments": a if isinstance(a, str) else json.dumps(a, ensure_ascii=False)}})
+    return out
+
+def _calls_to_json(calls, fld:str, drop)->str:
+    "The inverse of `_calls_from_json`: arguments as objects when that re-serialises to the same text, else kept as text."
+    items = []
+    for k, tc in enumerate(calls if isinstance(calls, list) else []):
+        f = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(f, dict) or set(tc) - {"id", "type", "function"} or tc.get("type") != "function" or set(f) - {"name", "arguments"}:
+            drop("tool call fields", f"{fld}[{k}]")
+            if not isinstance(f, dict): continue
+        a = f.get("arguments")
+        try: obj = json.loads(a) if isinstance(a, str) else None
+        except (ValueError, RecursionError): obj = None
+        items.append({"name": f.get("name"), "arguments": obj if obj is not None and json.dumps(obj, ensure_ascii=False) == a else a})
+    return json.dumps(items[0] if len(items) == 1 else items, ensure_ascii=False)
+
+# %% ../nbs/01_data.ipynb #ccc5a69b
+def _from_openai(o)->Conversation:
+    _need_dict(o, "an OpenAI record is {\"messages\": [...]}")
+    if not isinstance(o.get("messages"), list): raise _Bad("messages", "OpenAI record needs a 'messages' list")
+    for j, m in enumerate(o["messages"]):
+        if not isinstance(m, dict): raise _Bad(f"messages[{j}]", "message is not a JSON object")
+    return Conversation.from_dict(o)
+
+def _from_sharegpt(o, tags:ShareGPTTags|None=None)->Conversation:
+    t = tags or SHAREGPT
+    turns = _need_dict(o, "ShareGPT").get(t.messages)
+    if not isinstance(turns, list): raise _Bad(t.messages, f"ShareGPT record needs a '{t.messages}' list")
+    speakers, msgs, pending, n_calls = t.speakers(), [], [], 0
+    for j, u in enumerate(turns):
+        f = f"{t.messages}[{j}]"
+        if not isinstance(u, dict): raise _Bad(f, "turn is not a JSON object")
+        who = u.get(t.role_tag)
+        role = speakers.get(who) if isinstance(who, str) else None
+        if role is None: raise _Bad(f"{f}.{t.role_tag}", f"unknown or missing speaker {str(who)[:40]!r} (known: {', '.join(sorted(speakers))}; pass tags= to name yours)")
+        d = {}
+        for k, v in u.items():
+            if k == t.role_tag: d["role"] = "assistant" if role == "call" else role
+            elif k == t.content_tag and role == "call":
+                calls, ids = _calls_from_json(v, f"{f}.{k}", n_calls), u.get("tool_call_ids")
+                if isinstance(ids, list) and len(ids) == len(calls):
+                    for c, i in zip(calls, ids): c["id"] = i
+                n_calls += len(calls); pending = [c["id"] for c in calls]; d["tool_calls"] = calls
+            elif k == t.content_tag: d["content"] = v
+            elif not (k == "tool_call_ids" and role == "call"): d[k] = v
+        if role == "tool":
+            if "tool_call_id" not in d and pending: d["tool_call_id"] = pending.pop(0)
+            elif d.get("tool_call_id") in pending: pending.remove(d["tool_call_id"])
+        msgs.append(Message.from_dict(d))
+    c, keys, sysc = Conversation(msgs), [], False
+    for k, v in o.items():
+        if k == t.messages: keys.append("messages")
+        elif k == t.system and isinstance(v, str) and v: msgs.insert(0, Message("system", v)); sysc = True
+        elif k == t.tools: c.tools = _wrap_tools(v, k); keys.append("tools")
+        elif k in ("parallel_tool_calls", "functions"): setattr(c, k, v); keys.append(k)
+        else: c.extra[k] = v; keys.append(k)
+    c.keys, c.source = tuple(keys), {"format": "sharegpt", "system_column": sysc}
+    return c
+
+# %% ../nbs/01_data.ipynb #69b9cd3c
+def _from_alpaca(o)->Conversation:
+    ans = "response" if "response" in _need_dict(o, "Alpaca").keys() and "output" not in o else "output"
+    for k in ("instruction", ans):
+        if not isinstance(o.get(k), str): raise _Bad(k, f"Alpaca record needs a string '{k}'")
+    inp, sys_, hist = o.get("input"), o.get("system"), o.get("history")
+    for k, v in (("input", inp), ("system", sys_)):
+        if v is not None and not isinstance(v, str): raise _Bad(k, f"'{k}' must be a string")
+    ms = [Message("system", sys_)] if sys_ else []
+    if hist is not None:
+        if not isinstance(hist, list): raise _Bad("history", "'history' must be a list of [instruction, response] pairs")
+        for j, h in enumerate(hist):
+            if not (isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)): raise _Bad(f"history[{j}]", "must be an [instruction, response] pair of strings")
+            ms += [Message("user", h[0]), Message("assistant", h[1])]
+    ms += [Message("user", o["instruction"] + ("\n\n" + inp if inp else "")), Message("assistant", o[ans])]
+    c = Conversation(ms, extra={k: v for k, v in o.items() if k not in ("instruction", "input", ans, "system", "history")})
+    c.source = {"format": "alpaca", "keys": tuple(o), "instruction": o["instruction"], "input": inp, "answer": ans, "system": sys_, "history": hist is not None}
+    return c
+
+def _from_trl(o)->Conversation:
+    p, comp = _need_dict(o, "TRL").get("prompt"), o.get("completion")
+    if isinstance(p, str) and isinstance(comp, str): ms = [Message("user", p), Message("assistant", comp)]
+    elif isinstance(p, list) and isinstance(comp, list):
+        ms = []
+        for col, lst in (("prompt", p), ("completion", comp)):
+            for j, m in enumerate(lst):
+                if not isinstance(m, dict): raise _Bad(f"{col}[{j}]", "message is not a JSON object")
+                ms.append(Message.from_dict(m))
+    else: raise _Bad("prompt", "TRL 'prompt' and 'completion' must both be strings (standard) or both lists of messages (conversational)")
+    c, keys = Conversation(ms), []
+    for k, v in o.items():
+        if k == "prompt": keys.append("messages")
+        elif k == "completion": continue
+        elif k == "tools": c.tools = _wrap_tools(v, k); keys.append(k)
+        elif k in ("parallel_tool_calls", "functions"): setattr(c, k, v); keys.append(k)
+        else: c.extra[k] = v; keys.append(k)
+    bare = isinstance(o.get("tools"), list) and bool(o["tools"]) and _unwrap_tools(c.tools) is not None and c.tools != o["tools"]
+    c.keys, c.source = tuple(keys), {"format": "trl", "keys": tuple(o), "n_prompt": 1 if isinstance(p, str) else len(p), "standard": isinstance(p, str), "bare_tools": bare}
+    return c
+
+def _from_lf_v1(o)->Conversation:
+    ms_in = _need_dict(o, "LLaMA-Factory v1").get("messages")
+    if not isinstance(ms_in, list): raise _Bad("messages", "LLaMA-Factory v1 record needs a 'messages' list")
+    msgs, pending, n_calls = [], [], 0
+    for j, m in enumerate(ms_in):
+        f = f"messages[{j}]"
+        if not isinstance(m, dict): raise _Bad(f, "message is not a JSON object")
+        d = {}
+        for k, v in m.items():
+            if k == "content" and isinstance(v, list):
+                parts, calls = [], []
+                for q, p in enumerate(v):
+                    if not isinstance(p, dict) or not isinstance(p.get("type"), str): raise _Bad(f"{f}.content[{q}]", 'a content part is {"type": ..., "value": ...}')
+                    if p["type"] == "tool_call" and p.keys() == {"type", "value"}: calls += _calls_from_json(p["value"], f"{f}.content[{q}].value", n_calls + len(calls))
+                    elif calls: raise _Bad(f"{f}.content[{q}]", "a content part after a tool call (tool calls must come last)")
+                    elif p["type"] == "text" and p.keys() == {"type", "value"} and isinstance(p["value"], str): parts.append({"type": "text", "text": p["value"]})
+                    else: parts.append(p)  # other parts (reasoning, images) stay as they are
+                if len(parts) == 1 and parts[0].keys() == {"type", "text"}: d["content"] = parts[0]["text"]
+                elif parts or not calls: d["content"] = parts
+                if calls:
+                    ids = m.get("tool_call_ids")
+                    if isinstance(ids, list) and len(ids) == len(calls):
+                        for tc, i in zip(calls, ids): tc["id"] = i
+                    d["tool_calls"] = calls; n_calls += len(calls); pending = [tc["id"] for tc in calls]
+            elif k == "tool_call_ids" and isinstance(m.get("content"), list): continue
+            elif k == "loss_weight": d["weight"] = int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v in (0, 1) else v
+            else: d[k] = v
+        if d.get("role") == "tool" and "tool_call_id" not in d and pending: d["tool_call_id"] = pending.pop(0)
+        msgs.append(Message.from_dict(d))
+    c, keys = Conversation(msgs), []
+    for k, v in o.items():
+        if k == "messages": keys.append(k)
+        elif k == "tools": c.tools = _wrap_tools(v, k); keys.append(k)
+        elif k in ("parallel_tool_calls", "functions"): setattr(c, k, v); keys.append(k)
+        else: c.extra[k] = v; keys.append(k)
+    c.keys, c.source = tuple(keys), {"format": "lf_v1", "tools_text": isinstance(o.get("tools"), str)}
+    return c
+
+# %% ../nbs/01_data.ipynb #d00be256
+_READERS = {"openai": _from_openai, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca, "trl": _from_trl, "lf_v1": _from_lf_v1}
+
+def _refuse_unsupported(fmt:str, path):
+    if fmt in UNSUPPORTED: raise DataError(f"{path}: {UNSUPPORTED[fmt]} is not supported yet: it is not chat (SFT) data",
+                                           hint="preference (DPO) and KTO data are planned; read the file with `read_items` meanwhile")
+    if fmt not in FORMATS: raise ConfigError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+
+def to_conversation(
+    record,                  # one parsed record
+    format:str="openai",     # its format (one of `FORMATS`)
+    tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names
+)->Conversation:
+    "One record of any supported format as a `Conversation`; a `DataError` names the field if it can't be read."
+    _refuse_unsupported(format, "<record>")
+    try: return _READERS[format](record, ShareGPTTags.parse(tags)) if format == "sharegpt" else _READERS[format](record)
+    except _Bad as e: raise DataError(f"{e.fld or '-'}: {e.msg}") from None
 
 def read_dataset(
-    path:str|Path,         # file to read
-    format:str|None=None,  # "openai", "alpaca", "sharegpt"; None = detect
+    path:str|Path,         # file to read (JSONL or a JSON array)
+    format:str|None=None,  # one of `FORMATS`; None = detect from the content
+    tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names (e.g. `{"role_tag": "role", "content_tag": "content"}`)
 )->ChatDataset:
-    "Read a data file in any supported format into a `ChatDataset`."
-    path = Path(path)
-    if not path.exists(): raise DataError(f"{path}: no such file")
-    fmt = format or detect_format(path)
-    if fmt not in FORMATS: raise ConfigError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
-    conv = {"openai": Conversation.from_dict, "alpaca": _from_alpaca, "sharegpt": _from_sharegpt}[fmt]
-    out = ChatDataset()
-    for line, o in _json_items(path):
-        try: out.append(conv(o))
-        except (KeyError, TypeError, AttributeError) as e:
-            raise DataError(f"{path}:{line}: not a valid {fmt} record ({type(e).__name__}: {e})",
-                            hint=f"run `finetune-nb validate {path} --format {fmt}`") from None
+    "Read a data file in any supported format into a `ChatDataset`, keeping every field."
+    items, _ = read_items(path)
+    fmt = format or _detect(items, path)
+    _refuse_unsupported(fmt, path)
+    read, t, out = _READERS[fmt], ShareGPTTags.parse(tags), ChatDataset()
+    for loc, o in items:
+        try: c = read(o, t) if fmt == "sharegpt" else read(o)
+        except _Bad as e: raise DataError(f"{_at(loc, e.fld)}: {e.msg}", hint=f"run `finetune-nb validate {path}` to see every problem") from None
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
+            raise DataError(f"{_at(loc)}: not a valid {fmt} record ({type(e).__name__}: {str(e)[:100]})") from None
+        c.source = {**(c.source or {}), "format": fmt, "where": loc}
+        out.append(c)
     return out
 
 # %% ../nbs/01_data.ipynb #760b13c1
-def write_openai_jsonl(ds, path:str|Path)->Path:
-    "Write any dataset-like input as OpenAI chat JSONL."
-    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in to_records(ds)))
+_NAMES = {"openai": "OpenAI chat", "sharegpt": "ShareGPT", "alpaca": "Alpaca", "trl": "TRL prompt/completion", "lf_v1": "LLaMA-Factory v1"}
+_OPENAI_PARTS = {"text", "image_url", "input_audio", "file", "refusal"}
 
-def _to_alpaca(c:Conversation, i:int)->dict:
-    if not c.is_single_turn or any(m.weight not in (None, 1) for m in c.messages):
-        raise DataError(f"example {i} cannot be expressed in Alpaca format (multi-turn or weighted messages)",
-                        hint="keep it in OpenAI or ShareGPT format, which hold whole conversations")
-    sys_ = c.by_role("system")
-    return TrainingExample(c.by_role("user")[0].content, c.by_role("assistant")[0].content,
-                           sys_[0].content if sys_ else None).to_alpaca_format()
+def _text_of(content, fld:str, drop)->str|None:
+    "A message's content as plain text: parts are joined (after `drop` allows losing their structure)."
+    if content is None or isinstance(content, str): return content
+    drop("content parts", fld)
+    return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
 
-def write_alpaca(ds, path:str|Path, jsonl:bool|None=None)->Path:
-    "Write single-turn conversations as Alpaca JSON (or JSONL if `jsonl` or the suffix is .jsonl)."
-    recs = [_to_alpaca(c, i) for i, c in enumerate(ChatDataset.from_records(to_records(ds)))]
-    jsonl = str(path).endswith(".jsonl") if jsonl is None else jsonl
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs) if jsonl else json.dumps(recs, ensure_ascii=False, indent=1)
+def _to_openai(c:Conversation, drop)->dict:
+    r = c.to_dict()
+    for j, m in enumerate(r["messages"]):
+        if isinstance(m.get("content"), list):
+            keep = []
+            for q, p in enumerate(m["content"]):
+                if isinstance(p, dict) and p.get("type") in _OPENAI_PARTS: keep.append(p)
+                else: drop(f"{p.get('type') if isinstance(p, dict) else type(p).__name__} content parts", f"messages[{j}].content[{q}]")
+            if len(keep) < len(m["content"]): m["content"] = keep
+    return r
+
+def _to_sharegpt(c:Conversation, drop, tags:ShareGPTTags|None=None)->dict:
+    t, r = tags or SHAREGPT, c.to_dict()
+    msgs, turns, pending, n_calls = r["messages"], [], [], 0
+    sysc = (bool(msgs) and msgs[0].get("role") == "system" and msgs[0].keys() == {"role", "content"} and isinstance(msgs[0]["content"], str)
+            and bool(msgs[0]["content"]) and (not c.source or c.source.get("format") != "sharegpt" or c.source.get("system_column")) and t.system not in r)
+    for j, m in enumerate(msgs[1:] if sysc else msgs, int(sysc)):
+        f, role = f"messages[{j}]", m.get("role")
+        call = role == "assistant" and m.get("tool_calls") is not None
+        if call and not (isinstance(m["tool_calls"], list) and m["tool_calls"]): raise _Bad(f"{f}.tool_calls", "tool_calls must be a non-empty list")
+        if role not in ROLES: raise _Bad(f"{f}.role", f"role {str(role)[:32]!r} has no ShareGPT speaker")
+        u = {t.role_tag: t.tag("call" if call else role)}
+        for k, v in m.items():
+            if k == "role": continue
+            if k == "tool_calls" and call:
+                ids = [tc.get("id") if isinstance(tc, dict) else None for tc in v]
+                u[t.content_tag] = _calls_to_json(v, f"{f}.tool_calls", drop)
+                if ids != [f"call_{n_calls + q}" for q in range(len(ids))]: u["tool_call_ids"] = ids
+                n_calls += len(ids); pending = list(ids)
+            elif k == "content" and not call:
+                if v is not None and not isinstance(v, str): v = _text_of(v, f"{f}.content", drop)
+                u[t.content_tag] = v
+            elif k == "tool_call_id" and role == "tool" and pending and v == pending[0] and list(m)[-1] == k: pending.pop(0)
+            else:
+                if k == "tool_call_id" and v in pending: pending.remove(v)
+                if k == "content" and v is not None and not isinstance(v, str): v = _text_of(v, f"{f}.content", drop)
+                if k in (t.role_tag, t.content_tag, "tool_call_ids"): raise _Bad(f"{f}.{k}", f"the message key {k!r} clashes with a ShareGPT key")
+                u[k] = v
+        turns.append(u)
+    out = {}
+    for k, v in r.items():
+        if k == "messages":
+            out[t.messages] = turns
+            if sysc: out[t.system] = msgs[0]["content"]
+        elif k == "tools": out[t.tools] = None if v is None else json.dumps(_unwrap_tools(v) or v if isinstance(v, list) else v, ensure_ascii=False)
+        elif k == t.messages or (sysc and k == t.system) or (k == t.tools and "tools" in r): raise _Bad(k, f"the record key {k!r} clashes with a ShareGPT column")
+        else: out[k] = v
+    return out
+
+# %% ../nbs/01_data.ipynb #4d9feef0
+def _to_alpaca(c:Conversation, drop)->dict:
+    for k in _CONV_OPTIONAL:
+        if getattr(c, k) is not None: drop(k, k)
+    ms, sys_, turns = c.messages, None, []
+    for j, m in enumerate(ms):
+        f = f"messages[{j}]"
+        if m.role == "system" and j == 0: sys_ = m
+        elif m.role not in ("user", "assistant") or m.tool_calls is not None or m.function_call is not None:
+            drop("tool calls" if m.role == "assistant" else f"{m.role} messages", f); continue
+        for k in ("weight", "name", "tool_call_id"):
+            if getattr(m, k) is not None: drop(k, f"{f}.{k}")
+        if m.extra: drop("message keys", f"{f}.{next(iter(m.extra))}")
+        if m is not sys_: turns.append((m.role, _text_of(m.content, f"{f}.content", drop) or ""))
+    if len(turns) < 2 or len(turns) % 2 or any(r != ("user", "assistant")[k % 2] for k, (r, _) in enumerate(turns)):
+        raise _Bad("messages", "Alpaca holds alternating user/assistant turns that end with the assistant (after at most one system prompt)")
+    s = c.source if c.source and c.source.get("format") == "alpaca" else {}
+    user, answer = turns[-2][1], turns[-1][1]
+    ins, inp = user, ("" if not s or s.get("input") is not None else None)
+    if s.get("input") and user == s["instruction"] + "\n\n" + s["input"]: ins, inp = s["instruction"], s["input"]
+    d = {"instruction": ins}
+    if inp is not None: d["input"] = inp
+    d[s.get("answer", "output")] = answer
+    sys_text = _text_of(sys_.content, "messages[0].content", drop) if sys_ else None
+    if sys_text or (sys_ is None and s.get("system") == ""): d["system"] = sys_text or ""   # an empty system column read stays
+    if len(turns) > 2 or s.get("history"): d["history"] = [[turns[k][1], turns[k+1][1]] for k in range(0, len(turns) - 2, 2)]
+    for k, v in c.extra.items():
+        if k in d or k in ("instruction", "input", "output", "response", "system", "history"): raise _Bad(k, f"the key {k!r} clashes with an Alpaca column")
+        d[k] = v
+    return _ordered(d, s.get("keys"))
+
+def _to_trl(c:Conversation, drop)->dict:
+    r, s = c.to_dict(), (c.source if c.source and c.source.get("format") == "trl" else {})
+    ms = r["messages"]
+    last = max((k for k, m in enumerate(c.messages) if m.role != "assistant"), default=-1)
+    n = s.get("n_prompt") if s.get("n_prompt") and s["n_prompt"] < len(ms) else last + 1
+    if n >= len(ms) or n < 1: raise _Bad("messages", "TRL needs a prompt and an assistant completion at the end")
+    if s.get("standard") and len(ms) == 2 and [m.keys() for m in ms] == [{"role", "content"}] * 2 and all(isinstance(m["content"], str) for m in ms):
+        p, comp = ms[0]["content"], ms[1]["content"]
+    else: p, comp = ms[:n], ms[n:]
+    res = {}
+    for k, v in r.items():
+        if k == "messages": res["prompt"], res["completion"] = p, comp
+        elif k in ("prompt", "completion"): raise _Bad(k, f"the record key {k!r} clashes with a TRL column")
+        elif k == "tools" and s.get("bare_tools") and isinstance(v, list): res[k] = _unwrap_tools(v) or v
+        else: res[k] = v
+    return _ordered(res, s.get("keys"))
+
+def _to_lf_v1(c:Conversation, drop)->dict:
+    r, msgs, pending, n_calls = c.to_dict(), [], [], 0
+    for j, m in enumerate(r["messages"]):
+        f, d = f"messages[{j}]", {}
+        for k, v in m.items():
+            if k == "content":
+                if v is None:
+                    if m.get("tool_calls"): drop("null content", f"{f}.content"); continue
+                    raise _Bad(f"{f}.content", "LLaMA-Factory v1 content is a list of parts; null has no place there")
+                d["content"] = [{"type": "text", "value": v}] if isinstance(v, str) else \
+                               [{"type": "text", "value": p["text"]} if isinstance(p, dict) and p.keys() == {"type", "text"} and p["type"] == "text" else p for p in v]
+            elif k == "tool_calls" and m.get("role") == "assistant" and isinstance(v, list) and v:
+                ids = [tc.get("id") if isinstance(tc, dict) else None for tc in v]
+                if ids != [f"call_{n_calls + q}" for q in range(len(ids))]: d["tool_call_ids"] = ids
+                n_calls += len(ids); pending = list(ids)
+                d["content"] = d.get("content", []) + [{"type": "tool_call", "value": _calls_to_json([tc], f"{f}.tool_calls", drop)} for tc in v]
+            elif k == "weight": d["loss_weight"] = float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            elif k == "tool_call_id" and m.get("role") == "tool" and pending and v == pending[0] and list(m)[-1] == k: pending.pop(0)
+            else:
+                if k in ("loss_weight", "tool_call_ids"): raise _Bad(f"{f}.{k}", f"the message key {k!r} clashes with a LLaMA-Factory v1 key")
+                d[k] = v
+        msgs.append(d)
+    out = {}
+    for k, v in r.items():
+        if k == "messages": out[k] = msgs
+        elif k == "tools" and isinstance(v, list) and (not c.source or c.source.get("format") != "lf_v1" or c.source.get("tools_text")): out[k] = json.dumps(v, ensure_ascii=False)
+        else: out[k] = v
+    return out
+
+# %% ../nbs/01_data.ipynb #b341b589
+_WRITERS = {"openai": _to_openai, "sharegpt": _to_sharegpt, "alpaca": _to_alpaca, "trl": _to_trl, "lf_v1": _to_lf_v1}
+
+def _conversations(ds)->list[Conversation]:
+    "Anything dataset-like as `Conversation`s (Conversations stay themselves: their format hints and locations come along)."
+    if isinstance(ds, (str, Path)): return read_dataset(ds)
+    out = []
+    for r in ds:
+        if isinstance(r, Conversation): out.append(r)
+        elif isinstance(r, TrainingExample): out.append(r.to_conversation())
+        elif isinstance(r, dict) and isinstance(r.get("messages"), list):
+            try: out.append(_from_openai(r))
+            except _Bad as e: raise DataError(f"item {len(out)}: {e.fld}: {e.msg}") from None
+        else: raise DataError(f"cannot use item {len(out)} of type {type(r).__name__} as a conversation", hint="pass dicts like {'messages': [...]}, Conversation or TrainingExample objects")
+    return out
+
+def export_records(
+    ds,                   # dataset-like: a ChatDataset, dicts, Conversations, or a file path
+    format:str="openai",  # target format (one of `FORMATS`)
+    lossy:bool=False,     # drop what the target can't hold (and count it) instead of stopping; a record with nothing left that fits is dropped whole
+    tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names
+)->tuple[list[dict], Counter]: # (records in `format`, what was dropped: kind → count)
+    "Records of `ds` in `format`, every field kept; or a `DataError` naming the record's location and the field the target can't hold."
+    if format not in FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    out, dropped, t, name = [], Counter(), ShareGPTTags.parse(tags), _NAMES[format]
+    def drop(what, fld):
+        if not lossy: raise _Bad(fld, f"no place for {what}")
+        dropped[what] += 1
+    for i, c in enumerate(_conversations(ds)):
+        try: out.append(_to_sharegpt(c, drop, t) if format == "sharegpt" else _WRITERS[format](c, drop))
+        except _Bad as e:
+            if lossy: dropped["whole records"] += 1; continue   # nothing of the right shape is left of it
+            loc = (c.source or {}).get("where")
+            msg = f"{_at(loc, e.fld)}: cannot be expressed in {name}: {e.msg}" if loc else f"example {i} cannot be expressed in {name}: {e.fld}: {e.msg}"
+            raise DataError(msg, hint="keep it in OpenAI format (it holds everything), or pass lossy=True (--lossy) to drop what doesn't fit and count it") from None
+    return out, dropped
+
+def _dump(recs:list, path:str|Path, jsonl:bool|None=None)->Path:
+    "Write records atomically: a JSON array when the path ends in .json, else JSONL."
+    jsonl = not str(path).endswith(".json") if jsonl is None else jsonl
+    try: text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs) if jsonl else json.dumps(recs, ensure_ascii=False, indent=2) + "\n"
+    except RecursionError: raise DataError(f"{path}: a record is nested too deeply to write") from None
     return atomic_write(path, text)
 
-def write_sharegpt(ds, path:str|Path)->Path:
-    "Write conversations as ShareGPT JSONL (per-message weight kept as an extra `weight` key)."
-    def turn(m):
-        d = {"from": _SHAREGPT_FROM.get(m.role, m.role), "value": m.content}
-        if m.weight is not None: d["weight"] = m.weight
-        return d
-    recs = [{"conversations": [turn(m) for m in c.messages]} for c in ChatDataset.from_records(to_records(ds))]
-    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+def write_dataset(
+    ds,                   # dataset-like
+    path:str|Path,        # output file: `.json` → a JSON array, else JSONL
+    format:str="openai",  # one of `FORMATS`
+    lossy:bool=False,     # drop (and count) what the target can't hold instead of stopping
+    tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names
+)->Path:
+    "Write `ds` in `format`, keeping every field or stopping at the first record and field the target can't hold."
+    return _dump(export_records(ds, format, lossy, tags)[0], path)
 
-def write_dataset(ds, path:str|Path, format:str="openai")->Path:
-    "Write `ds` in `format` (openai, alpaca, sharegpt)."
-    if format not in FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
-    return {"openai": write_openai_jsonl, "alpaca": write_alpaca, "sharegpt": write_sharegpt}[format](ds, path)
+def write_openai_jsonl(ds, path:str|Path)->Path:
+    "Write any dataset-like input as OpenAI chat JSONL."
+    return _dump(export_records(ds, "openai")[0], path, jsonl=True)
+
+def write_alpaca(ds, path:str|Path, jsonl:bool|None=None)->Path:
+    "Write conversations as Alpaca (a JSON array, or JSONL if `jsonl` or the suffix is .jsonl)."
+    return _dump(export_records(ds, "alpaca")[0], path, str(path).endswith(".jsonl") if jsonl is None else jsonl)
+
+def write_sharegpt(ds, path:str|Path, tags:ShareGPTTags|dict|list|None=None)->Path:
+    "Write conversations as ShareGPT (LLaMA-Factory's tool format for tool calls; JSON array if the suffix is .json)."
+    return write_dataset(ds, path, "sharegpt", tags=tags)
 
 # %% ../nbs/01_data.ipynb #7a0f2ecd
 @lru_cache(maxsize=8)
@@ -240,24 +728,72 @@ def get_encoding(
     try: return bpe_openai.encoding_for_model(model)
     except Exception: return bpe_openai.get_encoding("o200k_base" if not model.startswith(("gpt-3.5", "gpt-4-", "gpt-4")) or "gpt-4o" in model or "gpt-4.1" in model else "cl100k_base")
 
+def _nodot(s)->str:
+    s = s if isinstance(s, str) else ""
+    return s[:-1] if s.endswith(".") else s
+
 class TokenCounter:
-    "Memoized exact token counts for one OpenAI encoding."
+    "Memoized exact token counts for one OpenAI encoding: text, messages, tool definitions and tool calls."
     def __init__(self, model:str="gpt-4o-mini"):
         enc = get_encoding(model)
-        self._encode, self._cache = enc.encode_ordinary, {}
+        self._encode, self._cache, self._tools = enc.encode_ordinary, {}, {}
+        self._func_init = 10 if getattr(enc, "name", "") == "cl100k_base" else 7  # the cookbook's per-function overhead
     def __call__(self, text:str)->int:
         n = self._cache.get(text)
         if n is None: n = self._cache[text] = len(self._encode(text))
         return n
+    def text(self, content)->int:
+        "Tokens of a message's content: a string, or the text of its parts."
+        if isinstance(content, str): return self(content)
+        if isinstance(content, list): return sum(self(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return 0
+    def calls(self, m:dict)->int:
+        "Tokens of a message's tool calls (and legacy function_call): 3 + name + arguments per call."
+        n, calls = 0, m.get("tool_calls")
+        fs = [tc.get("function") for tc in calls if isinstance(tc, dict)] if isinstance(calls, list) else []
+        for f in fs + [m.get("function_call")]:
+            if isinstance(f, dict): n += 3 + self(str(f.get("name") or "")) + self(f["arguments"] if isinstance(f.get("arguments"), str) else json.dumps(f.get("arguments") or ""))
+        return n
+    def tools(self, tools=None, functions=None)->int:
+        "Tokens of tool definitions by the cookbook's rule (see above); 0 when there are none."
+        fs = [t.get("function") for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
+        fs = [f for f in fs + (functions if isinstance(functions, list) else []) if isinstance(f, dict)]
+        if not fs: return 0
+        try:
+            key = json.dumps(fs, sort_keys=True, default=str)
+            n = self._tools.get(key)
+            if n is None: n = self._tools[key] = self._count_functions(fs)
+        except RecursionError: raise DataError("tool definitions are nested too deeply to count") from None
+        return n
+    def _count_functions(self, fs:list)->int:
+        n = 12
+        for f in fs:
+            n += self._func_init + self(f"{f.get('name') or ''}:{_nodot(f.get('description'))}")
+            ps = f.get("parameters")
+            props = ps.get("properties") if isinstance(ps, dict) else None
+            if isinstance(ps, dict):
+                rest = {k: v for k, v in ps.items() if k not in ("type", "properties", "required")}
+                if rest: n += self(json.dumps(rest, separators=(",", ":"), ensure_ascii=False, default=str))
+            if not isinstance(props, dict) or not props: continue
+            n += 3
+            for k, p in props.items():
+                p = p if isinstance(p, dict) else {}
+                n += 3
+                if isinstance(p.get("enum"), list): n += -3 + sum(3 + self(str(e)) for e in p["enum"])
+                t = p.get("type", "")
+                n += self(f"{k}:{','.join(map(str, t)) if isinstance(t, list) else t}:{_nodot(p.get('description'))}")
+                rest = {x: y for x, y in p.items() if x not in ("type", "description", "enum")}
+                if rest: n += self(json.dumps(rest, separators=(",", ":"), ensure_ascii=False, default=str))
+        return n
     def messages(self, messages:list[dict])->int:
-        "Tokens of a chat prompt (cookbook rule: 3/message + content + role, +1 per name, +3 reply priming)."
+        "Tokens of a chat prompt (cookbook rule: 3/message + content + role, +1 per name, +3 reply priming; plus tool calls)."
         n = 3
         for m in messages:
-            n += 3 + self(m.get("role") or "") + self(m.get("content") or "")
-            if m.get("name"): n += 1 + self(m["name"])
+            n += 3 + self(m.get("role") or "") + self.text(m.get("content")) + self.calls(m)
+            if isinstance(m.get("name"), str) and m["name"]: n += 1 + self(m["name"])
         return n
     def count(self, messages:list[dict])->tuple[int, int]:
-        "(prompt tokens, assistant tokens) in one pass."
+        "(prompt tokens, assistant tokens) in one pass, for plain string messages (the validator's fast path)."
         cache, enc, n, a = self._cache, self._encode, 3, 0
         for m in messages:
             for s in (m.get("role") or "", m.get("content") or ""):
@@ -268,31 +804,39 @@ class TokenCounter:
             if m.get("role") == "assistant": a += k
             if m.get("name"): n += 1 + self(m["name"])
         return n, a
+    def record(self, r:dict)->tuple[int, int, int, int]:
+        "(total, assistant, tool definition, tool call) tokens of one OpenAI-format record; assistant = what is trained: text and calls."
+        msgs = [m for m in r.get("messages") or [] if isinstance(m, dict)]
+        td = self.tools(r.get("tools"), r.get("functions"))
+        tc = sum(self.calls(m) for m in msgs if m.get("role") == "assistant")
+        a = sum(self.text(m.get("content")) for m in msgs if m.get("role") == "assistant") + tc
+        return self.messages(msgs) + td, a, td, tc
     def assistant(self, messages:list[dict])->int:
-        "Tokens in assistant messages (what the model is trained to produce)."
-        return sum(self(m.get("content") or "") for m in messages if m.get("role") == "assistant")
+        "Tokens in assistant messages (what the model is trained to produce: text and tool calls)."
+        return sum(self.text(m.get("content")) + self.calls(m) for m in messages if m.get("role") == "assistant")
 
 def count_tokens(
     x,                        # a string, a message list, a record/Conversation, or a dataset
     model:str="gpt-4o-mini",  # OpenAI model whose tokenizer counts
 )->int|list[int]:             # one count, or one per example for a dataset
-    "Exact OpenAI token count of a string, a conversation, or each example of a dataset."
+    "Exact OpenAI token count of a string, a conversation (tools and tool calls included), or each example of a dataset."
     tc = TokenCounter(model)
     if isinstance(x, str): return tc(x)
-    if isinstance(x, Conversation): return tc.messages(x.to_dict()["messages"])
-    if isinstance(x, dict): return tc.messages(x["messages"])
+    if isinstance(x, Conversation): return tc.record(x.to_dict())[0]
+    if isinstance(x, dict): return tc.record(x)[0]
     if isinstance(x, list) and x and isinstance(x[0], dict) and "role" in x[0]: return tc.messages(x)
-    return [tc.messages(r["messages"]) for r in to_records(x)]
+    return [tc.record(r)[0] for r in to_records(x)]
 
 # %% ../nbs/01_data.ipynb #49ef8b77
 def hf_token_counts(
     ds,              # dataset-like
     tokenizer,       # a Hugging Face tokenizer with a chat template
 )->list[int]:        # tokens per example, as the model sees them
-    "Token count per example through a Hugging Face tokenizer's chat template."
+    "Token count per example through a Hugging Face tokenizer's chat template (tools passed as `tools=` when a record has them)."
     out = []
     for r in to_records(ds):
-        ids = tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in r["messages"]], tokenize=True)
+        kw = {"tools": r["tools"]} if r.get("tools") else {}
+        ids = tokenizer.apply_chat_template(normalize_messages(r), tokenize=True, **kw)
         if isinstance(ids, dict) or hasattr(ids, "keys"): ids = ids["input_ids"]
         out.append(len(ids))
     return out
@@ -374,7 +918,92 @@ class ValidationReport:
 # %% ../nbs/01_data.ipynb #dc1af008
 MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id", "refusal"}
 RECORD_KEYS = {"messages", "tools", "functions", "parallel_tool_calls", "metadata"}
+FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
 
+@lru_cache(maxsize=512)
+def _schema_problem(schema:str)->str|None:
+    "Why a function's `parameters` (as JSON text) is not a valid JSON Schema, by jsonschema's `check_schema`; None if it is."
+    import jsonschema
+    try: jsonschema.validators.validator_for(json.loads(schema), default=jsonschema.Draft202012Validator).check_schema(json.loads(schema))
+    except jsonschema.SchemaError as e: return f"{e.message[:160]} (at {'/'.join(map(str, e.absolute_path)) or 'its top level'})"
+    except RecursionError: return "nested too deeply"
+    return None
+
+def _check_function(f, fld:str, add, names:set):
+    "Check one function definition; add its name to `names` when it is valid."
+    if not isinstance(f, dict): add(fld, "invalid_tools", "a function definition must be a JSON object"); return
+    name = f.get("name")
+    if not isinstance(name, str) or not FUNCTION_NAME.match(name):
+        add(f"{fld}.name", "invalid_function_name", f"function name {str(name)[:70]!r} must match ^[a-zA-Z0-9_-]{{1,64}}$"); return
+    if name in names: add(f"{fld}.name", "duplicate_function", f"function {name!r} is defined twice")
+    names.add(name)
+    if "description" in f and not isinstance(f["description"], str): add(f"{fld}.description", "invalid_tools", "description must be a string")
+    p = f.get("parameters")
+    if "parameters" in f and not isinstance(p, dict): add(f"{fld}.parameters", "invalid_parameters_schema", "parameters must be a JSON Schema object")
+    elif isinstance(p, dict):
+        try: why = _schema_problem(json.dumps(p, sort_keys=True))
+        except (TypeError, ValueError, RecursionError): why = "not serialisable JSON"
+        if why: add(f"{fld}.parameters", "invalid_parameters_schema", f"parameters is not a valid JSON Schema: {why}")
+
+def _check_tools(o:dict, add)->set|None:
+    "Check `tools`, `functions` and `parallel_tool_calls`; return the names of the functions defined (None when there are no definitions)."
+    if "tools" not in o and "functions" not in o: names = None
+    else: names = set()
+    t = o.get("tools")
+    if "tools" in o and not isinstance(t, list): add("tools", "invalid_tools", 'tools must be a list of {"type": "function", "function": {...}}')
+    for k, x in enumerate(t if isinstance(t, list) else []):
+        if isinstance(x, dict) and x.get("type") == "function" and isinstance(x.get("function"), dict): _check_function(x["function"], f"tools[{k}].function", add, names)
+        else: add(f"tools[{k}]", "invalid_tools", 'a tool must be {"type": "function", "function": {"name": ..., "parameters": ...}}')
+    fs = o.get("functions")
+    if "functions" in o and not isinstance(fs, list): add("functions", "invalid_tools", "functions must be a list of function definitions")
+    for k, f in enumerate(fs if isinstance(fs, list) else []): _check_function(f, f"functions[{k}]", add, names)
+    if "parallel_tool_calls" in o and not isinstance(o["parallel_tool_calls"], bool):
+        add("parallel_tool_calls", "invalid_parallel_tool_calls", "parallel_tool_calls must be true or false")
+    return names
+
+@lru_cache(maxsize=256)
+def _tools_report(defs:str)->tuple[frozenset|None, tuple]:
+    "(names defined, issues) of a record's `tools`/`functions`/`parallel_tool_calls` given as JSON text: records repeat the same tools, so they are checked once."
+    issues = []
+    names = _check_tools(json.loads(defs), lambda f, k, m: issues.append((f, k, m)))
+    return (None if names is None else frozenset(names)), tuple(issues)
+
+def _check_defs(o:dict, add)->set|None:
+    "`_check_tools` through the cache (directly when the definitions can't be keyed)."
+    d = {k: o[k] for k in ("tools", "functions", "parallel_tool_calls") if k in o}
+    if not d: return None
+    try: names, issues = _tools_report(json.dumps(d, sort_keys=True))
+    except (TypeError, ValueError, RecursionError): return _check_tools(o, add)
+    for i in issues: add(*i)
+    return names
+
+def _check_call(f, fld:str, add, names:set|None):
+    "Check one called function: {name, arguments} with a defined name and JSON arguments."
+    if not isinstance(f, dict): add(fld, "invalid_tool_call", "the call's function must be {\"name\", \"arguments\"}"); return
+    name, a = f.get("name"), f.get("arguments")
+    if not isinstance(name, str) or not FUNCTION_NAME.match(name): add(f"{fld}.name", "invalid_function_name", f"function name {str(name)[:70]!r} is not valid")
+    elif names is None: add(f"{fld}.name", "unknown_function", f"calls {name!r} but the record defines no tools")
+    elif name not in names: add(f"{fld}.name", "unknown_function", f"calls {name!r}, which is not in the record's tools")
+    if not isinstance(a, str): add(f"{fld}.arguments", "invalid_arguments", "arguments must be a string of JSON")
+    else:
+        try: json.loads(a)
+        except (ValueError, RecursionError) as e: add(f"{fld}.arguments", "invalid_arguments", f"arguments are not valid JSON ({str(e)[:80]})")
+
+def _check_content(c, f:str, add)->bool:
+    "Check a list of content parts; False if unusable."
+    if not c: add(f, "missing_content", "content is an empty list"); return False
+    ok = True
+    for q, p in enumerate(c):
+        pf = f"{f}[{q}]"
+        if not isinstance(p, dict) or p.get("type") not in _PART_TYPES:
+            add(pf, "invalid_content_part", f"a content part must be {{\"type\": \"text\"|\"image_url\", ...}}, got {str(p.get('type') if isinstance(p, dict) else p)[:32]!r}"); ok = False
+        elif p["type"] == "text" and not isinstance(p.get("text"), str): add(f"{pf}.text", "invalid_content_part", "a text part needs a string 'text'"); ok = False
+        elif p["type"] == "image_url" and not (isinstance(p.get("image_url"), dict) and isinstance(p["image_url"].get("url"), str)):
+            add(f"{pf}.image_url", "invalid_content_part", 'an image part needs {"image_url": {"url": ...}}'); ok = False
+    return ok
+
+# %% ../nbs/01_data.ipynb #58b61b3a
 def _check_record(o, add, add_warn)->list|None:
     "Check one parsed record; report through `add(field, kind, message)`; return usable messages or None."
     if not isinstance(o, dict): add("", "not_a_dict", f"record is a {type(o).__name__}, not a JSON object"); return None
@@ -383,7 +1012,8 @@ def _check_record(o, add, add_warn)->list|None:
     if not isinstance(msgs, list) or not msgs: add("messages", "missing_messages", "'messages' must be a non-empty list"); return None
     for k in o:
         if k not in RECORD_KEYS: add_warn(k, "unrecognized_top_level_key", f"unrecognized key {k!r} (ignored by OpenAI)")
-    ok, has_asst = True, False
+    names = _check_defs(o, add)
+    ok, has_asst, call_ids = True, False, set()
     for j, m in enumerate(msgs):
         f = f"messages[{j}]"
         if not isinstance(m, dict): add(f, "message_not_dict", "message is not a JSON object"); ok = False; continue
@@ -394,74 +1024,117 @@ def _check_record(o, add, add_warn)->list|None:
             if k not in MESSAGE_KEYS: add(f"{f}.{k}", "message_unrecognized_key", f"unrecognized message key {k!r}")
         role = m.get("role")
         if "role" in m and role not in ROLES: add(f"{f}.role", "unrecognized_role", f"role {role!r} is not one of system, user, assistant, tool, function"); ok = False
-        c = m.get("content")
+        c, calls = m.get("content"), m.get("tool_calls")
         if "content" in m:
-            if c is not None and not isinstance(c, str): add(f"{f}.content", "missing_content", f"content must be a string, got {type(c).__name__}"); ok = False
-            elif (c is None or not c.strip()) and not m.get("tool_calls") and not m.get("function_call"):
+            if isinstance(c, list): ok = _check_content(c, f"{f}.content", add) and ok
+            elif c is not None and not isinstance(c, str): add(f"{f}.content", "missing_content", f"content must be a string or a list of parts, got {type(c).__name__}"); ok = False
+            elif (c is None or not c.strip()) and not calls and not m.get("function_call"):
                 add(f"{f}.content", "missing_content", "content is empty")
         if "weight" in m and (m["weight"] not in (0, 1) or isinstance(m["weight"], bool)):
             add(f"{f}.weight", "invalid_weight", f"weight must be 0 or 1, got {m['weight']!r}")
+        elif "weight" in m and role != "assistant":
+            add_warn(f"{f}.weight", "weight_ignored", f"weight on a {str(role)[:16]} message is ignored: only assistant turns are trained (OpenAI accepts it on assistant messages only)")
+        if calls is not None:
+            if role != "assistant": add(f"{f}.tool_calls", "invalid_tool_call", "only assistant messages make tool calls")
+            elif not isinstance(calls, list) or not calls: add(f"{f}.tool_calls", "invalid_tool_call", "tool_calls must be a non-empty list")
+            else:
+                for q, tc in enumerate(calls):
+                    tf = f"{f}.tool_calls[{q}]"
+                    if not isinstance(tc, dict): add(tf, "invalid_tool_call", "a tool call must be a JSON object"); continue
+                    if not isinstance(tc.get("id"), str) or not tc["id"]: add(f"{tf}.id", "invalid_tool_call", "a tool call needs a string 'id'")
+                    else: call_ids.add(tc["id"])
+                    if tc.get("type") != "function": add(f"{tf}.type", "invalid_tool_call", "a tool call's type must be 'function'")
+                    _check_call(tc.get("function"), f"{tf}.function", add, names)
+        if m.get("function_call") is not None: _check_call(m["function_call"], f"{f}.function_call", add, names)
+        if role == "tool":
+            tid = m.get("tool_call_id")
+            if not isinstance(tid, str): add(f"{f}.tool_call_id", "missing_tool_call_id", "a tool message needs the 'tool_call_id' of the call it answers")
+            elif tid not in call_ids: add(f"{f}.tool_call_id", "unmatched_tool_call_id", f"tool_call_id {tid[:64]!r} matches no earlier assistant tool call")
+        if role == "function" and not isinstance(m.get("name"), str): add(f"{f}.name", "message_missing_key", "a function message needs the function's 'name'")
         if role == "assistant": has_asst = True
     if not has_asst: add("messages", "no_assistant_message", "no assistant message to learn from")
     return msgs if ok else None
 
 # %% ../nbs/01_data.ipynb #5a3fa517
-def _norm_key(msgs:list)->str: return "\x00".join(f"{m.get('role')}\x01{' '.join(str(m.get('content') or '').split())}" for m in msgs)
-def _exact_key(msgs:list)->str: return "\x00".join(f"{m.get('role')}\x01{m.get('weight')}\x01{m.get('content')}" for m in msgs)
+def _squash(o):
+    "`o` with whitespace runs in every string collapsed (and edges stripped)."
+    if isinstance(o, str): return " ".join(o.split())
+    if isinstance(o, list): return [_squash(x) for x in o]
+    if isinstance(o, dict): return {k: _squash(v) for k, v in o.items()}
+    return o
+
+def _exact_key(o)->str:
+    "A record's identity: its JSON with sorted keys (every field counts: tools and tool calls too); too deep to key: unique."
+    try: return json.dumps(o, sort_keys=True, ensure_ascii=False, default=str)
+    except RecursionError: return f"\x00too-deep-{id(o)}"
+def _norm_key(o)->str:
+    try: return _exact_key(_squash(o))
+    except RecursionError: return _exact_key(o)
 
 def _norm_raw(raw:bytes)->bytes:
     "Whitespace-normalized key of a raw JSON line: runs collapse, and whitespace at string edges goes."
     s = b" ".join(raw.replace(b"\\n", b" ").replace(b"\\t", b" ").replace(b"\\r", b" ").split())
     return s.replace(b' "', b'"').replace(b'" ', b'"')
 
-_FAST_KEYS, _ROLESET = frozenset({"role", "content", "weight", "name"}), frozenset(ROLES)
+_FAST_KEYS, _FAST_ROLES = frozenset({"role", "content", "weight", "name"}), frozenset({"system", "user", "assistant"})
 def _fast_messages(o)->list|None:
-    "The messages of an ordinary, valid record; None if anything needs the full checker."
-    if type(o) is not dict or o.keys() - RECORD_KEYS: return None
+    "The messages of an ordinary, valid, tool-free record; None if anything needs the full checker."
+    if type(o) is not dict or o.keys() - {"messages", "metadata"}: return None
     msgs = o.get("messages")
     if type(msgs) is not list or not msgs: return None
     asst = False
     for m in msgs:
         if type(m) is not dict or m.keys() - _FAST_KEYS: return None
         r, c = m.get("role"), m.get("content")
-        if r not in _ROLESET or type(c) is not str or not c or c.isspace(): return None
-        if "weight" in m and (m["weight"] not in (0, 1) or type(m["weight"]) is bool): return None
+        if r not in _FAST_ROLES or type(c) is not str or not c or c.isspace(): return None  # tool/function messages take the full checker
+        if "weight" in m and (m["weight"] not in (0, 1) or type(m["weight"]) is bool or r != "assistant"): return None
         if r == "assistant": asst = True
     return msgs if asst else None
+
+def _where(w)->str: return f"line {w}" if isinstance(w, int) else f"record [{w[1]}] (line {w[0]})"
 
 class _Validator:
     "Accumulates issues, duplicates and token counts over records in one pass."
     def __init__(self, source, model, max_tokens, min_examples, count):
         self.source, self.max_tokens, self.min_examples = source, max_tokens, min_examples
         self.tc = TokenCounter(model) if count else None
-        self.rep, self.n_lines, self.tokens, self.asst = ValidationReport(), 0, [], []
+        self.rep, self.n_lines, self.tokens, self.asst, self.tool_defs, self.tool_calls = ValidationReport(), 0, [], [], 0, 0
         self.seen_exact, self.seen_norm, self.model = {}, {}, model
-    def issue(self, line, fld, kind, msg, warn=False):
+    def issue(self, line, fld, kind, msg, warn=False, idx=None):
+        if idx is not None: fld = f"[{idx}]" + (("" if fld.startswith("[") else ".") + fld if fld else "")
         (self.rep.warnings if warn else self.rep.errors).append(Issue(self.source, line, fld, kind, msg))
-    def record(self, line:int, o, raw:bytes|None=None):
-        "Check one record; count its tokens; track duplicates (keyed on the raw line when there is one)."
+    def record(self, line:int, o, raw:bytes|None=None, idx:int|None=None):
+        "Check one record; count its tokens; track duplicates (keyed on the raw line when there is one). `idx`: its index in a JSON array."
         msgs = _fast_messages(o)
         if msgs is None:  # anything unusual takes the full checker, which reports every problem
             n_err = len(self.rep.errors)
-            msgs = _check_record(o, lambda f, k, m: self.issue(line, f, k, m), lambda f, k, m: self.issue(line, f, k, m, warn=True))
+            msgs = _check_record(o, lambda f, k, m: self.issue(line, f, k, m, idx=idx), lambda f, k, m: self.issue(line, f, k, m, warn=True, idx=idx))
             if msgs is None or len(self.rep.errors) > n_err: return
-        ek = raw if raw is not None else _exact_key(msgs)
-        if ek in self.seen_exact: self.issue(line, "messages", "duplicate", f"exact duplicate of line {self.seen_exact[ek]}", warn=True); return
-        self.seen_exact[ek] = line
-        nk = _norm_raw(raw) if raw is not None else _norm_key(msgs)
-        if nk in self.seen_norm: self.issue(line, "messages", "near_duplicate", f"duplicate of line {self.seen_norm[nk]} up to whitespace", warn=True)
-        else: self.seen_norm[nk] = line
+            simple = False
+        else: simple = True
+        where = line if idx is None else (line, idx)
+        ek = raw if raw is not None else _exact_key(o)
+        if ek in self.seen_exact: self.issue(line, "messages", "duplicate", f"exact duplicate of {_where(self.seen_exact[ek])}", warn=True, idx=idx); return
+        self.seen_exact[ek] = where
+        nk = _norm_raw(raw) if raw is not None else _norm_key(o)
+        if nk in self.seen_norm: self.issue(line, "messages", "near_duplicate", f"duplicate of {_where(self.seen_norm[nk])} up to whitespace", warn=True, idx=idx)
+        else: self.seen_norm[nk] = where
         if self.tc:
-            n, a = self.tc.count(msgs); self.tokens.append(n); self.asst.append(a)
+            if simple: n, a = self.tc.count(msgs)
+            else:
+                n, a, td, tcall = self.tc.record(o)
+                self.tool_defs += td; self.tool_calls += tcall
+            self.tokens.append(n); self.asst.append(a)
             if self.max_tokens and n > self.max_tokens:
-                self.issue(line, "messages", "too_long", f"{n} tokens > limit {self.max_tokens}; it will be truncated", warn=True)
+                self.issue(line, "messages", "too_long", f"{n} tokens > limit {self.max_tokens}; it will be truncated", warn=True, idx=idx)
         else: self.tokens.append(None)
     def finish(self)->ValidationReport:
         n = len(self.tokens)
         if self.n_lines == 0: self.issue(0, "", "empty_file", "no examples found (empty file)")
         elif n < self.min_examples: self.issue(0, "", "too_few_examples", f"{n} valid examples; at least {self.min_examples} are required")
         st = {"n_lines": self.n_lines, "n_examples": n, "n_errors": len(self.rep.errors), "n_warnings": len(self.rep.warnings)}
-        if self.tc and self.tokens: st.update(token_stats(self.tokens), assistant_tokens=sum(self.asst),
+        if self.tc and self.tokens: st.update(token_stats(self.tokens), assistant_tokens=sum(self.asst), tool_definition_tokens=self.tool_defs,
+                                              tool_call_tokens=self.tool_calls,
                                               cost=estimate_cost(self.tokens, self.model if self.model in TRAINING_PRICES else "gpt-4o-mini-2024-07-18",
                                                                  max_tokens=self.max_tokens or MAX_TOKENS_PER_EXAMPLE))
         self.rep.stats = st
@@ -476,31 +1149,42 @@ def token_stats(
             "tokens_max": s[-1], "tokens_total": sum(s)}
 
 # %% ../nbs/01_data.ipynb #3edc3a06
+def _converter(fmt:str, tags=None):
+    "A function turning a record of `fmt` into an OpenAI record dict (None for OpenAI itself)."
+    if fmt == "openai": return None
+    read, t = _READERS[fmt], ShareGPTTags.parse(tags)
+    return (lambda o: read(o, t).to_dict()) if fmt == "sharegpt" else (lambda o: read(o).to_dict())
+
 def validate_file(
-    path:str|Path,               # the data file
-    format:str|None=None,        # "openai" (default), "alpaca" or "sharegpt" (converted, then checked)
+    path:str|Path,               # the data file (JSONL, or a JSON array)
+    format:str|None=None,        # one of `FORMATS` (non-OpenAI records are converted, then checked); None = detect
     model:str|None=None,         # OpenAI model for exact token counts (default gpt-4o-mini)
     max_tokens:int|None=None,    # warn above this many tokens per example (default 65,536)
     min_examples:int=10,         # fewer valid examples is an error (OpenAI's minimum)
     count_tokens:bool=True,      # False skips token counting
+    tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names
 )->ValidationReport:
-    "Validate a data file line by line, reporting every problem with its line and field."
+    "Validate a data file record by record, reporting every problem with its line (and index in a JSON array) and field."
     path = Path(path)
     if not path.exists(): raise DataError(f"{path}: no such file")
     if format is not None and format not in FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    if path.stat().st_size > MAX_FILE_BYTES: raise DataError(f"{path}: {path.stat().st_size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit", hint="split the file")
     with open(path, "rb") as f: data = f.read()
     v = _Validator(str(path), model or "gpt-4o-mini-2024-07-18", max_tokens or MAX_TOKENS_PER_EXAMPLE, min_examples, count_tokens)
     items = None
-    if data.lstrip().startswith(b"["):  # a JSON array (Alpaca's usual form)
-        try: items = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            if format not in (None, "openai"): v.issue(getattr(e, "lineno", 0), "", "invalid_json", f"invalid JSON array: {e}"); items = []
-        if items is not None and not isinstance(items, list): items = [items]
-    fmt = format or (_detect_record(items[0]) if items else _detect_lenient(data))
-    conv = {"openai": None, "alpaca": _alpaca_record, "sharegpt": _sharegpt_record}[fmt]
+    if data.lstrip().startswith(b"["):  # a JSON array (Alpaca's and ShareGPT's usual form)
+        try: items = [(ln, k, o) for ln, k, o in _array_items(data.decode("utf-8"), path)]
+        except UnicodeDecodeError as e: v.issue(data.count(b"\n", 0, e.start) + 1, "", "non_utf8", f"bytes at offset {e.start} are not valid UTF-8"); return v.finish()
+        except DataError as e: v.issue(0, "", "invalid_json", e.message); return v.finish()
+    fmt = format or _detect_lenient([o for _, _, o in items[:20]] if items is not None else _first_objects(data))
+    if fmt in UNSUPPORTED:
+        v.n_lines = len(items) if items is not None else data.count(b"\n")
+        v.issue(0, "", "unsupported_format", f"{UNSUPPORTED[fmt]} is not supported yet: it is not chat (SFT) data")
+        return v.finish()
+    conv = _converter(fmt, tags)
     if items is not None:
         v.n_lines = len(items)
-        for i, o in enumerate(items, 1): _convert_and_check(v, i, o, conv)
+        for ln, k, o in items: _convert_and_check(v, ln, o, conv, idx=k)
         return v.finish()
     for i, raw in enumerate(data.split(b"\n"), 1):
         if not raw.strip(): continue
@@ -509,44 +1193,39 @@ def validate_file(
         except ValueError:  # orjson is strict; the stdlib parser tells why (and accepts what orjson won't, e.g. huge ints)
             try: o = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e: v.issue(i, "", "non_utf8", f"bytes at column {e.start+1} are not valid UTF-8"); continue
-            except json.JSONDecodeError as e: v.issue(i, "", "invalid_json", f"invalid JSON: {e.msg} at column {e.colno}"); continue
+            except json.JSONDecodeError as e:
+                if v.n_lines == 1 and data.lstrip().startswith(b"{") and isinstance(_whole(data), dict):  # one JSON object over many lines
+                    v.issue(i, "", "not_records", "the file is one JSON object, not records (JSONL: one record per line; or a JSON array of records)")
+                    return v.finish()
+                v.issue(i, "", "invalid_json", f"invalid JSON: {e.msg} at column {e.colno}"); continue
             except RecursionError: v.issue(i, "", "invalid_json", "JSON nested too deeply"); continue
         _convert_and_check(v, i, o, conv, raw.strip())
     return v.finish()
 
-def _convert_and_check(v, line, o, conv, raw=None):
+def _convert_and_check(v, line, o, conv, raw=None, idx=None):
     if conv is not None:
         try: o, raw = conv(o), None
-        except DataError as e: v.issue(line, e.args[0].split(":")[0] if ":" in e.args[0] else "", "bad_record", e.message); return
-    v.record(line, o, raw)
+        except _Bad as e: v.issue(line, e.fld, "bad_record", e.msg, idx=idx); return
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
+            v.issue(line, "", "bad_record", f"malformed record ({type(e).__name__}: {str(e)[:80]})", idx=idx); return
+    v.record(line, o, raw, idx)
 
-def _alpaca_record(o)->dict:
-    if not isinstance(o, dict): raise DataError(f": record is a {type(o).__name__}, not a JSON object")
-    for k in ("instruction", "output"):
-        if not isinstance(o.get(k), str): raise DataError(f"{k}: Alpaca record needs a string '{k}'")
-    return _from_alpaca(o).to_dict()
+def _whole(data:bytes):
+    try: return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError): return None
 
-def _sharegpt_record(o)->dict:
-    if not isinstance(o, dict) or not isinstance(o.get("conversations"), list):
-        raise DataError("conversations: ShareGPT record needs a 'conversations' list")
-    for j, t in enumerate(o["conversations"]):
-        if not isinstance(t, dict) or _SHAREGPT_ROLE.get(t.get("from")) is None:
-            raise DataError(f"conversations[{j}].from: unknown or missing speaker (use human, gpt or system)")
-    return _from_sharegpt(o).to_dict()
-
-def _detect_record(o)->str:
-    if isinstance(o, dict) and "messages" not in o:
-        if "conversations" in o: return "sharegpt"
-        if "instruction" in o or "output" in o: return "alpaca"
-    return "openai"
-
-def _detect_lenient(data:bytes)->str:
-    "Format from the first parseable record; 'openai' when unsure (so validation reports the problem)."
+def _first_objects(data:bytes)->list:
+    "The parseable records among a JSONL file's first 50 lines."
+    objs = []
     for raw in data.split(b"\n", 50)[:50]:
-        try: o = json.loads(raw)
+        try: objs.append(json.loads(raw))
         except (ValueError, UnicodeDecodeError, RecursionError): continue
-        return _detect_record(o)
-    return "openai"
+    return objs
+
+def _detect_lenient(objs:list)->str:
+    "Format from the first records; 'openai' when unsure (so validation reports the problem)."
+    try: return _detect([(None, o) for o in objs], "")
+    except DataError: return "openai"
 
 def validate_records(
     records,                       # dataset-like (ChatDataset, dicts, Conversations)
@@ -569,10 +1248,18 @@ def dedupe(
 )->ChatDataset:             # first occurrences, in order
     "Remove duplicate conversations, keeping the first of each."
     seen, out = set(), ChatDataset()
-    for r in to_records(ds):
-        k = (_norm_key if normalize else _exact_key)(r["messages"])
-        if k not in seen: seen.add(k); out.append(Conversation.from_dict(r))
+    for c in _conversations(ds):
+        k = (_norm_key if normalize else _exact_key)(c.to_dict())
+        if k not in seen: seen.add(k); out.append(c)
     return out
+
+def _split_indices(n:int, val_frac:float, seed:int)->tuple[list[int], list[int]]:
+    "Seeded (train, validation) indices, each in the original order."
+    if not 0 <= val_frac < 1: raise ConfigError(f"val_frac={val_frac} must be in [0, 1)")
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    n_val = int(round(n * val_frac))
+    return sorted(idx[n_val:]), sorted(idx[:n_val])
 
 def split(
     ds,                   # examples to split
@@ -580,12 +1267,45 @@ def split(
     seed:int=42,          # makes the split reproducible
 )->tuple[ChatDataset, ChatDataset]:  # (train, validation)
     "Shuffle with `seed` and split into train and validation sets."
-    if not 0 <= val_frac < 1: raise ConfigError(f"val_frac={val_frac} must be in [0, 1)")
-    recs = to_records(ds); idx = list(range(len(recs)))
-    random.Random(seed).shuffle(idx)
-    n_val = int(round(len(recs) * val_frac))
-    pick = lambda ii: ChatDataset.from_records(recs[i] for i in sorted(ii))
-    return pick(idx[n_val:]), pick(idx[:n_val])
+    cs = _conversations(ds)
+    tr, va = _split_indices(len(cs), val_frac, seed)
+    return ChatDataset(cs[i] for i in tr), ChatDataset(cs[i] for i in va)
+
+def _outputs(path:Path, out_dir, is_array:bool, *names)->list[Path]:
+    d, stem = Path(out_dir) if out_dir else path.parent, path.name.split(".")[0]
+    return [d/f"{stem}_{n}{'.json' if is_array else '.jsonl'}" for n in names]
+
+def split_file(
+    path:str|Path,         # a data file in any supported format
+    out_dir:str|Path|None=None, # where `<stem>_train` and `<stem>_val` go (default: beside the file)
+    val_frac:float=0.1,    # fraction held out for validation
+    seed:int=42,           # makes the split reproducible
+)->dict:                   # {"train", "val", "n_train", "n_val", "seed", "format"}
+    "Split a file's records (untouched, in its own format and container) into seeded train and validation files."
+    path = Path(path)
+    items, is_array = read_items(path)
+    fmt = _detect(items, path) if items else "openai"
+    tr, va = _split_indices(len(items), val_frac, seed)
+    ptr, pva = _outputs(path, out_dir, is_array, "train", "val")
+    _dump([items[i][1] for i in tr], ptr, jsonl=not is_array); _dump([items[i][1] for i in va], pva, jsonl=not is_array)
+    return {"train": str(ptr), "val": str(pva), "n_train": len(tr), "n_val": len(va), "seed": seed, "format": fmt}
+
+def dedupe_file(
+    path:str|Path,          # a data file in any supported format
+    out:str|Path|None=None, # output file (default: `<stem>_dedup` beside the input, same container)
+    normalize:bool=True,    # also treat whitespace-only differences as duplicates
+)->dict:                    # {"out", "n_in", "n_out", "duplicates": [location of each dropped record]}
+    "Write a file's records without duplicates (first kept; records untouched, in the input's format and container)."
+    path = Path(path)
+    items, is_array = read_items(path)
+    seen, keep, dups = {}, [], []
+    for loc, o in items:
+        k = (_norm_key if normalize else _exact_key)(o)
+        if k in seen: dups.append(_at(loc))
+        else: seen[k] = loc; keep.append(o)
+    p = Path(out) if out else _outputs(path, None, is_array, "dedup")[0]
+    _dump(keep, p, jsonl=not str(p).endswith(".json"))
+    return {"out": str(p), "n_in": len(items), "n_out": len(keep), "duplicates": dups}
 
 # %% ../nbs/01_data.ipynb #a317a83a
 def dataset_stats(
@@ -593,11 +1313,17 @@ def dataset_stats(
     model:str="gpt-4o-mini",   # OpenAI model for token counts
     tokenizer=None,            # optional Hugging Face tokenizer: counts through its chat template instead
 )->dict:
-    "Counts, turns, token distribution and a cost estimate for a dataset."
+    "Counts, turns, token distribution (tool definitions and calls included, and shown apart) and a cost estimate."
     recs = to_records(ds)
-    counts = hf_token_counts(recs, tokenizer) if tokenizer is not None else count_tokens(recs, model)
-    turns = [sum(m["role"] == "assistant" for m in r["messages"]) for r in recs]
-    st = {"n_examples": len(recs), "n_multi_turn": sum(t > 1 for t in turns), "n_with_system": sum(r["messages"][0]["role"] == "system" for r in recs)}
+    turns = [sum(m.get("role") == "assistant" for m in r["messages"]) for r in recs]
+    st = {"n_examples": len(recs), "n_multi_turn": sum(t > 1 for t in turns), "n_with_system": sum(bool(r["messages"]) and r["messages"][0].get("role") == "system" for r in recs),
+          "n_with_tools": sum(bool(r.get("tools") or r.get("functions")) for r in recs)}
+    if tokenizer is not None: counts = hf_token_counts(recs, tokenizer)
+    else:
+        tc = TokenCounter(model)
+        parts = [tc.record(r) for r in recs]
+        counts = [p[0] for p in parts]
+        st.update(assistant_tokens=sum(p[1] for p in parts), tool_definition_tokens=sum(p[2] for p in parts), tool_call_tokens=sum(p[3] for p in parts))
     if counts: st.update(token_stats(counts))
     if tokenizer is None and counts: st["cost"] = estimate_cost(counts, model if model in TRAINING_PRICES else "gpt-4o-mini-2024-07-18")
     return st

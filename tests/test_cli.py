@@ -75,7 +75,8 @@ def test_validate_alpaca_and_sharegpt(tmp_path):
                               + [{"instruction": "no output"}]))
     rc, out, _ = run_cli("validate", alp, "--format", "alpaca", "--json")
     d = json.loads(out)
-    assert rc == 1 and [(e["line"], e["kind"]) for e in d["errors"]] == [(11, "bad_record")]
+    # a JSON array's issues name the line the record starts on and, first in the field, its index in the array
+    assert rc == 1 and [(e["line"], e["field"], e["kind"]) for e in d["errors"]] == [(1, "[10].output", "bad_record")]
     sg = tmp_path/"s.jsonl"
     sg.write_text("".join(json.dumps({"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}) + "\n"
                           for i in range(10)))
@@ -100,7 +101,8 @@ def test_convert_round_trip(tmp_path, good_file):
 
 
 def test_convert_refuses_what_alpaca_cannot_hold(tmp_path):
-    multi = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+    "Alpaca holds multi-turn chats (in `history`) but not weighted turns: refused, one line, nothing written."
+    multi = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0},
                           {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
     src = tmp_path/"m.jsonl"; src.write_text(json.dumps(multi) + "\n")
     rc, out, err = run_cli("convert", src, tmp_path/"m.json", "--to", "alpaca")
