@@ -90,11 +90,10 @@ def test_cli_migrate_unknown_job_is_one_clear_line(fake_openai, tmp_path):
 def test_hyperparameter_mapping_matches_the_server():
     "What a migration plans is what a finetune_nb server trains when sent the same hyperparameters."
     from finetune_nb.migrate import map_hyperparameters, _server_hyperparameters
-    from finetune_nb.serve import split_hyperparameters, make_training_configs
+    from finetune_nb.serve.jobs import check_hyperparameters, training_configs
     plan = {"method": "lora", "extra": {"max_length": 256}, "hyperparameters": map_hyperparameters(
         {"n_epochs": 2, "batch_size": 24, "learning_rate_multiplier": 1.5}, n_train=300, method="lora")}
-    oa, local = split_hyperparameters(_server_hyperparameters(plan))
-    _, tc = make_training_configs(oa, local, seed=1)
+    _, tc = training_configs(check_hyperparameters(_server_hyperparameters(plan)), n_examples=300, seed=1)
     hp = plan["hyperparameters"]
     assert (tc.epochs, tc.batch_size * tc.grad_accum, tc.max_length, tc.method) == (2, 24, 256, "lora")
     assert abs(tc.lr - hp["lr"]) < 1e-12 and abs(hp["lr"] - 2e-4 * 1.5) < 1e-12
