@@ -11,7 +11,7 @@ from ..core import atomic_write, DataError
 from .protocol import APIError, FileObject, new_id, not_found, now, valid_id
 
 # %% auto #0
-__all__ = ['TABLES', 'SCHEMA', 'FILE_PURPOSES_IN', 'Store', 'check_training_file', 'Files']
+__all__ = ['TABLES', 'SCHEMA', 'FILE_PURPOSES_IN', 'Store', 'migrate_internal_fields', 'check_training_file', 'Files']
 
 # %% ../../nbs/07b_store.ipynb #b2024eaf
 TABLES = ("files", "jobs", "events", "checkpoints", "models")
@@ -33,6 +33,7 @@ class Store:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        migrate_internal_fields(self._db)
 
     def _one(self, sql:str, args:tuple=()):
         with self._lock: return self._db.execute(sql, args).fetchone()
@@ -68,6 +69,24 @@ class Store:
     def owner_of(self, table:str, id:str)->str|None:
         row = self._one(f"SELECT owner FROM {table} WHERE id=?", (id,))
         return row and row[0]
+
+# %% ../../nbs/07b_store.ipynb #62783790
+_OLD_INTERNAL = {"_base": "base", "_adapter": "adapter", "_job": "job", "_path": "path", "_resume": "resume"}
+
+def _moved(obj:dict)->tuple[dict, dict]:
+    "(API object, internal record) from an object of the old layout."
+    inner = {_OLD_INTERNAL[k]: v for k,v in obj.items() if k in _OLD_INTERNAL}
+    if "_local" in obj: inner.update(base=obj["model"], hyperparameters={**obj.get("hyperparameters", {}), **(obj["_local"] or {})})
+    return {k: v for k,v in obj.items() if not k.startswith("_")}, inner
+
+def migrate_internal_fields(db:sqlite3.Connection):
+    "Add the `internal` column to tables of an older database and move `_` fields into it."
+    for table in TABLES:
+        if "internal" in [r[1] for r in db.execute(f"PRAGMA table_info({table})")]: continue
+        db.execute(f"ALTER TABLE {table} ADD COLUMN internal TEXT NOT NULL DEFAULT '{{}}'")
+        for rid,obj in db.execute(f"SELECT id, obj FROM {table}").fetchall():
+            obj,inner = _moved(json.loads(obj))
+            db.execute(f"UPDATE {table} SET obj=?, internal=? WHERE id=?", (json.dumps(obj), json.dumps(inner), rid))
 
 # %% ../../nbs/07b_store.ipynb #b0298a1d
 def _page_sql(table:str, where:list[str], newest_first:bool)->str:
