@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from typing import Any, AsyncIterator, Callable
-from ..core import get_logger, make_client, FinetuneNBError, ModelLoadError
+from ..core import get_logger, make_client, ConfigError, FinetuneNBError, ModelLoadError
 from .protocol import (APIError, ALIAS_RE, BACKEND_KEY_ENV_RE, ChatCompletion, ChatCompletionChunk, ChatMessage,
     ChatRequest, ChunkChoice, DeployRequest, Deleted, ModelObject, Usage, not_found, now, valid_id)
 from .store import Store
@@ -57,7 +57,7 @@ def parse_model_map(
     spec = os.environ.get("FINETUNE_NB_MODEL_MAP", "") if spec is None else spec
     pairs = [p.split("=", 1) for p in spec.split(",") if p.strip()]
     bad = [p[0] for p in pairs if len(p) != 2 or not p[0].strip() or not p[1].strip()]
-    if bad: raise ValueError(f"model map entries must be NAME=BASE_MODEL, got {bad[0]!r}")
+    if bad: raise ConfigError(f"model map entries must be NAME=BASE_MODEL, got {bad[0][:100]!r}", hint="e.g. gpt-4o-mini-2024-07-18=finetune-nb/tiny,gpt-4o=finetune-nb/tiny")
     return {k.strip(): v.strip() for k,v in pairs}
 
 @dataclass
