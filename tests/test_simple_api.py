@@ -70,6 +70,12 @@ def test_simple_api_bad_requests(start_server):
     assert httpx.post(u + "/v1/fine-tune/inference", json={"model_alias": "x"}).status_code == 400   # no messages
     assert httpx.post(u + "/v1/fine-tune/jobs", json={"base_model": srv.base_model}).status_code == 400   # no training file
     assert httpx.get(u + "/v1/fine-tune/jobs/ftjob-" + "0" * 24).status_code == 404
+    # the records may also come inline (the file is uploaded for the caller)
+    from finetune_nb.demo import make_demo_data
+    r = httpx.post(u + "/v1/fine-tune/jobs", json={"training_data": make_demo_data(n_train=12, n_test=0, seed=4)[0], "hyperparameters": HP})
+    assert r.status_code == 200 and r.json()["model"] == srv.base_model, r.text
+    assert srv.client().fine_tuning.jobs.cancel(r.json()["job_id"]).status == "cancelled"
+    assert [f.filename for f in srv.client().files.list()] == ["training_data.jsonl"]
 
 
 def test_model_map_env(monkeypatch):

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/07e_app.ipynb #d7cda943
 from __future__ import annotations
-import hashlib, hmac, os, re, secrets, threading, time
+import hashlib, hmac, json, os, re, secrets, threading, time
 from collections import defaultdict
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core import get_config, get_logger, FinetuneNBError, ConfigError, DataError
-from .protocol import (APIError, ChatRequest, Deleted, Deployment, DeployRequest, FileObject, FineTuningJob,
+from .protocol import (APIError, hide_paths, ChatRequest, Deleted, Deployment, DeployRequest, FileObject, FineTuningJob,
     InferenceReply, InferenceRequest, InferenceUsage, JobRequest, ListPage, ModelObject, SimpleJob, SimpleJobRequest)
 from .store import Store, Files, FILE_PURPOSES_IN
 from .engine import Batcher, Chat, ModelPool, Models, parse_model_map
@@ -159,7 +159,7 @@ async def http_error(request, e:StarletteHTTPException):
 async def package_error(request, e:FinetuneNBError):
     request.app.state.service.log.error("%s on %s: %s", type(e).__name__, request.url.path[:200], e)
     status = 400 if isinstance(e, (DataError, ConfigError)) else 500
-    return APIError(status, e.message, type="invalid_request_error" if status == 400 else "server_error", code=type(e).__name__).response()
+    return APIError(status, hide_paths(e.message), type="invalid_request_error" if status == 400 else "server_error", code=type(e).__name__).response()
 
 EXCEPTION_HANDLERS = {APIError: api_error, RequestValidationError: invalid_request, StarletteHTTPException: http_error, FinetuneNBError: package_error}
 

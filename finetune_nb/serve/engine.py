@@ -10,9 +10,9 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 from ..core import get_logger, make_client, ConfigError, FinetuneNBError, ModelLoadError
-from .protocol import (APIError, ALIAS_RE, BACKEND_KEY_ENV_RE, ChatCompletion, ChatCompletionChunk, ChatMessage,
+from .protocol import (APIError, hide_paths, ALIAS_RE, BACKEND_KEY_ENV_RE, ChatCompletion, ChatCompletionChunk, ChatMessage,
     ChatRequest, ChunkChoice, DeployRequest, Deleted, ModelObject, Usage, not_found, now, valid_id)
 from .store import Store
 
@@ -30,7 +30,7 @@ def load_pair(
     from finetune_nb.infer import load_model
     try: model,tok = load_model(base, adapter=adapter)
     except FinetuneNBError: raise
-    except Exception as e: raise ModelLoadError(f"could not load {base!r}" + (" with its adapter" if adapter else "") + f": {type(e).__name__}") from e
+    except Exception as e: raise ModelLoadError(f"could not load {hide_paths(base)!r}" + (" with its adapter" if adapter else "") + f": {type(e).__name__}") from e
     model.eval()
     return model,tok
 

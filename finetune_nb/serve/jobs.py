@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from fastcore.basics import patch
 from ..core import get_logger, FinetuneNBError, DataError
-from .protocol import (APIError, SUFFIX_RE, Checkpoint, CheckpointMetrics, FineTuningJob, JobEvent, JobRequest,
+from .protocol import (APIError, hide_paths, SUFFIX_RE, Checkpoint, CheckpointMetrics, FineTuningJob, JobEvent, JobRequest,
     new_id, not_found, now, valid_id)
 from .store import Store, Files
 from .engine import Models
@@ -295,7 +295,7 @@ def finish(self:Jobs, plan:TrainPlan, result):
 def fail(self:Jobs, job_id:str, e:Exception):
     "Mark `job_id` failed with what went wrong (unless it was cancelled)."
     msg = e.message if isinstance(e, FinetuneNBError) else f"{type(e).__name__}: {e}"
-    msg = msg.replace(str(self.files.root) + "/", "").replace(str(self.root) + "/", "")   # no server paths in answers
+    msg = hide_paths(msg)   # no server paths in answers
     self.log.exception("job %s failed", job_id)
     if self.store.get("jobs", job_id)["status"] == "cancelled": return
     code = "invalid_training_file" if isinstance(e, DataError) else "training_error"

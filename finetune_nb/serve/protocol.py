@@ -11,10 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 # %% auto #0
 __all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'BACKEND_KEY_ENV_RE', 'new_id', 'valid_id', 'now', 'APIError',
-           'not_found', 'APIModel', 'FileObject', 'Deleted', 'ListPage', 'JobError', 'FineTuningJob', 'JobEvent',
-           'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'Usage', 'AssistantMessage', 'Choice', 'ChatCompletion',
-           'ChunkChoice', 'ChatCompletionChunk', 'ChatMessage', 'ChatRequest', 'JobRequest', 'SimpleJobRequest',
-           'DeployRequest', 'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage', 'InferenceReply']
+           'hide_paths', 'not_found', 'APIModel', 'FileObject', 'Deleted', 'ListPage', 'JobError', 'FineTuningJob',
+           'JobEvent', 'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'Usage', 'AssistantMessage', 'Choice',
+           'ChatCompletion', 'ChunkChoice', 'ChatCompletionChunk', 'ChatMessage', 'ChatRequest', 'JobRequest',
+           'SimpleJobRequest', 'DeployRequest', 'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage',
+           'InferenceReply']
 
 # %% ../../nbs/07a_protocol.ipynb #afcce831
 ID_PREFIXES = {"files": "file", "jobs": "ftjob", "events": "ftevent", "checkpoints": "ftckpt"}
@@ -63,6 +64,14 @@ class APIError(Exception):
         return {"error": err}
 
     def response(self)->JSONResponse: return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.~-]+/)+([\w.~-]+)")
+
+def hide_paths(
+    message:str, # an error message that may quote server paths
+)->str:          # the same with each absolute path cut to its last component
+    "No server path in an answer: `/srv/data/serve/jobs/ftjob-1/checkpoint-4` becomes `checkpoint-4`."
+    return _ABS_PATH.sub(r"\1", message)
 
 def not_found(what:str, id:str, param:str|None=None)->APIError:
     "404 for an unknown `what` named `id`."

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/07b_store.ipynb #7fda2b31
 from __future__ import annotations
-import json, os, sqlite3, threading, time
+import json, os, sqlite3, threading
 from pathlib import Path
 from fastcore.basics import patch
 from ..core import atomic_write, DataError
