@@ -31,7 +31,7 @@ def start(model:str, state:Path, max_batch:int):
     import httpx
     port = free_port()
     env = {**os.environ, "FINETUNE_NB_BASE_MODELS": model}; env.pop("FINETUNE_NB_API_KEYS", None)
-    p = subprocess.Popen([sys.executable, "-c", "from finetune_nb.serve import main; main()", "--port", str(port), "--state-dir", str(state),
+    p = subprocess.Popen([str(Path(sys.executable).parent/"finetune-nb"), "serve", "--port", str(port), "--state-dir", str(state),
                           "--max-batch", str(max_batch), "--log-level", "warning"], env=env, cwd=ROOT)
     for _ in range(900):
         try:

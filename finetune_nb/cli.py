@@ -533,13 +533,24 @@ def demo(
     return 0
 
 # %% ../nbs/10_cli.ipynb #6dd15343
-@command()
+@command(base_model=dict(action="append", nargs=None, metavar="MODEL"))
 def serve(
-    host:str="127.0.0.1",    # interface to listen on
-    port:int=8000,           # TCP port
-    data_dir:str|None=None,  # state directory (default `$FINETUNE_NB_DATA_DIR`)
+    host:str="127.0.0.1",            # interface to listen on (0.0.0.0 = every interface)
+    port:int=8000,                   # TCP port
+    data_dir:str|None=None,          # data directory (default `$FINETUNE_NB_DATA_DIR`)
+    state_dir:str|None=None,         # the server's files, jobs and database (default DATA_DIR/serve)
+    max_upload_bytes:int|None=None,  # request size limit in bytes (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    base_model:list[str]|None=None,  # a base model to serve (repeatable; default `$FINETUNE_NB_BASE_MODELS` or the tiny model)
+    model_map:str|None=None,         # OpenAI model names served by local base models, e.g. gpt-4o-mini-2024-07-18=finetune-nb/tiny (default `$FINETUNE_NB_MODEL_MAP`)
+    max_batch:int=32,                # most requests per generation batch (1 = no batching)
+    batch_wait_ms:float=15.0,        # a batch closes when no request arrives for this long
+    max_loaded:int=4,                # models (base + adapter) kept loaded
+    no_jobs:bool=False,              # serve models only: run no fine-tuning jobs
+    log_level:Literal["critical", "error", "warning", "info", "debug"]="info", # uvicorn's log level
 )->int:
-    "Start the OpenAI-compatible fine-tuning and inference server."
+    "Start the OpenAI-compatible fine-tuning and inference server (API keys: `$FINETUNE_NB_API_KEYS`, comma-separated)."
     from finetune_nb.serve import run_server
-    run_server(host=host, port=port, data_dir=data_dir)
+    run_server(host=host, port=port, data_dir=data_dir, log_level=log_level, max_upload_bytes=max_upload_bytes, state_dir=state_dir,
+               base_models=base_model, model_map=model_map, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_loaded=max_loaded,
+               run_jobs=not no_jobs)
     return 0

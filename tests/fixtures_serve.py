@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVE_CMD = [str(Path(sys.executable).parent/"finetune-nb"), "serve"]   # the venv's console script
 
 
 def free_port()->int:
@@ -12,7 +13,7 @@ def free_port()->int:
 
 
 class ServerProc:
-    "One `finetune_nb.serve.main` process on a free loopback port, with its own state dir."
+    "One `finetune-nb serve` process (the CLI, as users start it) on a free loopback port, with its own state dir."
     def __init__(self, state_dir, base_model:str, api_keys:str|None=None, extra_args=(), env=None):
         self.state_dir, self.base_model, self.api_keys = Path(state_dir), base_model, api_keys
         self.extra_args, self.env, self.proc, self.port = list(extra_args), dict(env or {}), None, None
@@ -25,7 +26,7 @@ class ServerProc:
         if self.api_keys: env["FINETUNE_NB_API_KEYS"] = self.api_keys
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.state_dir/f"server-{self.port}.log", "wb")
-        cmd = [sys.executable, "-c", "from finetune_nb.serve import main; main()", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [*SERVE_CMD, "--host", "127.0.0.1", "--port", str(self.port),
                "--state-dir", str(self.state_dir), "--log-level", "warning", *self.extra_args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         t0 = time.time()

@@ -79,7 +79,7 @@ def test_auth_and_bad_input(start_server):
     with pytest.raises(openai.NotFoundError): cb.fine_tuning.jobs.create(model=srv.base_model, training_file=f.id)
     assert ca.files.delete(f.id).deleted and [x.id for x in ca.files.list()] == []
     # still healthy, and the counters saw it all
-    assert httpx.get(u + "/health").json()["status"] == "ok"
+    assert httpx.get(u + "/health").json()["status"] == "healthy"
     m = httpx.get(u + "/metrics", headers=ha).text
     assert "finetune_nb_auth_failures" in m and 'status="404"' in m and "finetune_nb_uploads_too_large" in m
     assert KEY_A not in srv.read_log() and KEY_B not in srv.read_log()
@@ -122,8 +122,8 @@ def test_chat_stream_stop_and_batching(start_server):
 
 def _seed_model(state_dir:Path, base:str, adapter:str, model_id="ft:tiny-random:seeded:ftjob-" + "c" * 24):
     "Register a fine-tuned model in a server's store before it starts (a stand-in for a finished job)."
-    Store(state_dir/"state.db").insert("models", {"id": model_id, "object": "model", "created": 1, "owned_by": "user",
-                                                  "_base": base, "_adapter": adapter, "_job": None}, owner=owner_of_key(None))
+    Store(state_dir/"state.db").insert("models", {"id": model_id, "object": "model", "created": 1, "owned_by": "user"},
+                                       owner=owner_of_key(None), internal={"base": base, "adapter": adapter, "job": None})
     return model_id
 
 
@@ -138,7 +138,7 @@ def test_aliases_swap_and_external_backend(start_server, tmp_path, tiny_random_p
     assert base_out != ft_out                      # the adapter changes the model
     assert ft in [m.id for m in ca.models.list()] and ca.models.retrieve(ft).owned_by == "user"
     dep = lambda srv, **kw: httpx.post(srv.url + "/v1/fine-tune/deploy", json=kw)
-    infer = lambda srv, alias: httpx.post(srv.url + "/v1/fine-tune/inference", json={"alias": alias, "messages": msgs, "max_tokens": 8}).json()
+    infer = lambda srv, alias: httpx.post(srv.url + "/v1/fine-tune/inference", json={"alias": alias, "messages": msgs, "max_tokens": 8, "temperature": 0}).json()
     r = dep(a, alias="prod", model=tiny_random_path)
     assert r.status_code == 200 and r.json()["version"] == 1
     assert infer(a, "prod")["output"] == base_out and infer(a, "prod")["model"] == tiny_random_path

@@ -84,7 +84,7 @@ def test_full_flow(flow_srv, tmp_path):
     # deploy an alias, use the seed's inference endpoint, swap the alias
     h = {"Authorization": f"Bearer {KEY}"}
     dep = lambda model: httpx.post(srv.url + "/v1/fine-tune/deploy", headers=h, json={"alias": "support", "model": model}).json()
-    inf = lambda: httpx.post(srv.url + "/v1/fine-tune/inference", headers=h, json={"alias": "support", "messages": prompts[0], "max_tokens": 24}).json()
+    inf = lambda: httpx.post(srv.url + "/v1/fine-tune/inference", headers=h, json={"alias": "support", "messages": prompts[0], "max_tokens": 24, "temperature": 0}).json()
     assert dep(base)["version"] == 1 and inf()["output"] == base_out[0]
     assert dep(done.fine_tuned_model)["version"] == 2
     r = inf()
