@@ -245,8 +245,10 @@ def completion_chunk(
 )->dict:                  # a `chat.completion.chunk` object as OpenAI's spec defines it
     "The one builder of OpenAI streaming chunks."
     choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
-    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name, "choices": choices,
-            "usage": usage, "system_fingerprint": "finetune_nb"}
+    out = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name, "choices": choices,
+           "system_fingerprint": "finetune_nb"}
+    if usage is not None: out["usage"] = usage   # only on the final chunk (OpenAI sends it only with include_usage)
+    return out
 
 def _usage(prompt_tokens:int, completion_tokens:int)->dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}

@@ -1,5 +1,5 @@
 "Migration end to end between two loopback finetune_nb servers (one plays OpenAI), plus every bad-input stop."
-import json
+import dataclasses, json
 from pathlib import Path
 import pytest
 from finetune_nb.migrate import Migration, MigrationError, migrate, MigrationState
@@ -95,4 +95,7 @@ def test_hyperparameter_mapping_matches_the_server():
         tc, base = plan_training({"n_epochs": 2, "batch_size": 24, "learning_rate_multiplier": 1.5}, 300, base_model, max_length=256)
         assert (tc.epochs, tc.batch_size * tc.grad_accum, tc.max_length) == (2, 24, 256)
         assert abs(tc.lr - (base.lr if base else 2e-4) * 1.5) < 1e-12
-        assert TrainingConfig.from_openai(tc.to_openai(), seed=tc.seed) == tc   # the server maps what it is sent (the seed travels as the job's own field)
+        assert TrainingConfig.from_openai(tc.to_openai(), seed=tc.seed) == tc   # the mapping round-trips (the seed travels as the job's own field)
+        from finetune_nb.serve.jobs import check_hyperparameters, training_configs
+        _, served = training_configs(check_hyperparameters(tc.to_openai()), n_examples=300, seed=tc.seed)
+        assert served == dataclasses.replace(tc, progress=False)                    # ... and the server trains exactly that

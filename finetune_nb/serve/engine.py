@@ -12,14 +12,16 @@ from pathlib import Path
 from fastcore.basics import patch
 from typing import AsyncIterator, Callable
 from ..core import get_logger, make_client, ConfigError, FinetuneNBError, ModelLoadError
-from .protocol import (APIError, hide_paths, ALIAS_RE, BACKEND_KEY_ENV_RE, ChatCompletion, ChatCompletionChunk, ChatMessage,
-    ChatRequest, ChunkChoice, DeployRequest, Deleted, ModelObject, Usage, not_found, now, valid_id)
+from .protocol import (APIError, hide_paths, ALIAS_RE, BACKEND_KEY_ENV_RE, ChatMessage,
+    ChatRequest, DeployRequest, Deleted, ModelObject, not_found, now, valid_id)
+from ..data import normalize_messages
+from ..models import load_model
+from ..infer import completion_response, completion_chunk
 from .store import Store
 
 # %% auto #0
-__all__ = ['CHAT_ROLES', 'MODEL_NOT_FOUND', 'load_pair', 'to_chat_messages', 'parse_model_map', 'Target', 'Models', 'ModelPool',
-           'GenRequest', 'StreamResult', 'Batcher', 'upstream_error', 'upstream_client', 'upstream_complete',
-           'upstream_stream', 'Chat']
+__all__ = ['MODEL_NOT_FOUND', 'load_pair', 'parse_model_map', 'Target', 'Models', 'ModelPool', 'GenRequest', 'StreamResult',
+           'Batcher', 'upstream_error', 'upstream_client', 'upstream_complete', 'upstream_stream', 'Chat']
 
 # %% ../../nbs/07c_engine.ipynb #c32149aa
 def load_pair(
@@ -27,26 +29,11 @@ def load_pair(
     adapter:str|None=None,# a LoRA adapter directory on top of it
 ):                        # (model, tokenizer), in eval mode
     "Load a model for serving with the package's one model loader."
-    from finetune_nb.infer import load_model
     try: model,tok = load_model(base, adapter=adapter)
     except FinetuneNBError: raise
     except Exception as e: raise ModelLoadError(f"could not load {hide_paths(base)!r}" + (" with its adapter" if adapter else "") + f": {type(e).__name__}") from e
     model.eval()
     return model,tok
-
-CHAT_ROLES = ("system", "developer", "user", "assistant")
-
-def to_chat_messages(
-    messages:list[ChatMessage], # the request's messages
-)->list[dict]:                  # plain `{role, content}` messages
-    "Plain chat messages: text parts joined, `developer` read as `system`; other roles are a 400."
-    out = []
-    for i,m in enumerate(messages):
-        if m.role not in CHAT_ROLES: raise APIError(400, f"messages[{i}].role {m.role[:32]!r} is not supported here; use one of {', '.join(CHAT_ROLES)}", param=f"messages.{i}.role")
-        c = m.content
-        if isinstance(c, list): c = "".join(str(p.get("text", "")) for p in c if p.get("type") in ("text", "input_text"))
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": c or ""})
-    return out
 
 # %% ../../nbs/07c_engine.ipynb #e816f0d2
 def parse_model_map(
@@ -325,19 +312,19 @@ class Chat:
 
     async def complete(self, target:Target, req:ChatRequest)->dict:
         "A chat completion (`CreateChatCompletionResponse`)."
-        messages = to_chat_messages(req.messages)
+        messages = normalize_messages(req.messages)
         if target.base_url: return await upstream_complete(target, messages, req)
         try: gen = await asyncio.wrap_future(self.batcher.submit(self.gen_request(target, req, messages)))
         except Exception as e:
             if type(e).__module__.startswith("jinja2"): raise APIError(400, f"the model's chat template rejected these messages: {e}", param="messages") from e
             raise
-        return ChatCompletion.of(target.model, gen.text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens).dump()
+        return completion_response([gen], target.model)
 
 # %% ../../nbs/07c_engine.ipynb #017efad1
 @patch
 async def stream(self:Chat, target:Target, req:ChatRequest)->AsyncIterator[str]:
     "Server-sent events of `CreateChatCompletionStreamResponse` chunks, then `[DONE]`."
-    messages = to_chat_messages(req.messages)
+    messages = normalize_messages(req.messages)
     if target.base_url: return await upstream_stream(target, messages, req)
     loop,events = asyncio.get_running_loop(),asyncio.Queue()
     gen = self.gen_request(target, req, messages, stream=lambda d: loop.call_soon_threadsafe(events.put_nowait, ("delta", d)))
@@ -346,16 +333,17 @@ async def stream(self:Chat, target:Target, req:ChatRequest)->AsyncIterator[str]:
 
 @patch
 async def _chunks(self:Chat, model:str, events:asyncio.Queue, include_usage:bool):
-    chunk = lambda **kw: ChatCompletionChunk(id=cid, model=model, **kw).sse()
-    cid = f"chatcmpl-{secrets.token_hex(12)}"
-    yield chunk(choices=[ChunkChoice(delta={"role": "assistant", "content": ""})])
+    cid,created = f"chatcmpl-{secrets.token_hex(12)}",now()
+    chunk = lambda **kw: f"data: {json.dumps(completion_chunk(cid, created, model, **kw))}\n\n"
+    yield chunk(delta={"role": "assistant", "content": ""})
     while (event := await events.get())[0] == "delta":
-        if event[1]: yield chunk(choices=[ChunkChoice(delta={"content": event[1]})])
+        if event[1]: yield chunk(delta={"content": event[1]})
     if (error := event[1].exception()) is not None:
         self.log.error("stream failed: %s", error)
         yield _sse_error(f"generation failed: {type(error).__name__}")
     else:
         res = event[1].result()
-        yield chunk(choices=[ChunkChoice(finish_reason=res.finish_reason)])
-        if include_usage: yield chunk(usage=Usage(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens))
+        yield chunk(delta={}, finish_reason=res.finish_reason)
+        if include_usage: yield chunk(usage={"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+                                             "total_tokens": res.prompt_tokens + res.completion_tokens})
     yield "data: [DONE]\n\n"

@@ -14,77 +14,38 @@ from .protocol import (APIError, hide_paths, SUFFIX_RE, Checkpoint, CheckpointMe
     new_id, not_found, now, valid_id)
 from .store import Store, Files
 from .engine import Models
+from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPERPARAMETERS,
+    check_hyperparameters as _check_hyperparameters)
 
 # %% auto #0
-__all__ = ['OPENAI_HP', 'LOCAL_HP', 'SERVER_RESTARTED', 'check_hyperparameters', 'openai_hyperparameters', 'training_configs',
-           'trained_hyperparameters', 'TrainPlan', 'Jobs', 'last_checkpoint', 'metrics_csv']
+__all__ = ['SERVER_RESTARTED', 'check_hyperparameters', 'openai_hyperparameters', 'training_configs', 'trained_hyperparameters',
+           'TrainPlan', 'Jobs', 'last_checkpoint', 'metrics_csv']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
-OPENAI_HP = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (0, None)}
-LOCAL_HP = {"max_steps": 1_000_000, "max_length": 1_000_000, "logging_steps": 1_000_000, "save_steps": 1_000_000,
-            "gradient_accumulation_steps": 1024, "lora_r": 256, "lora_alpha": 4096}
-
-def _bad(key:str, what:str, value)->APIError:
-    return APIError(400, f"hyperparameters.{key} must be {what}, got {str(value)[:50]}", param=f"hyperparameters.{key}", code="invalid_hyperparameter")
-
-def _number(value)->bool: return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-def _check_openai(key:str, value):
-    low,high = OPENAI_HP[key]
-    if key == "learning_rate_multiplier":
-        if not (_number(value) and value > low): raise _bad(key, "'auto' or a number > 0", value)
-        return float(value)
-    if not (_number(value) and float(value).is_integer() and low <= value <= high): raise _bad(key, f"'auto' or an integer in {low}..{high}", value)
-    return int(value)
-
-def _check_local(key:str, value):
-    if key == "method":
-        if value not in ("lora", "qlora", "full"): raise _bad(key, "lora, qlora or full", value)
-        return value
-    if key == "lora_dropout":
-        if not (_number(value) and 0 <= value < 1): raise _bad(key, "a number in [0, 1)", value)
-        return float(value)
-    if key not in LOCAL_HP: raise APIError(400, f"unknown hyperparameter {key[:50]!r}; use {', '.join(OPENAI_HP)} or the local extras "
-                                           f"method, lora_dropout, {', '.join(LOCAL_HP)}", param=f"hyperparameters.{key}", code="invalid_hyperparameter")
-    if not (_number(value) and float(value).is_integer() and 1 <= value <= LOCAL_HP[key]): raise _bad(key, f"an integer in 1..{LOCAL_HP[key]}", value)
-    return int(value)
-
 def check_hyperparameters(
     hp:dict|None, # hyperparameters as sent by the client
 )->dict:          # OpenAI's three ("auto" where not given) and the local extras, checked
-    "Check a job's hyperparameters against OpenAI's limits and ours (400 naming the field otherwise)."
-    hp = dict(hp or {})
-    out = {k: "auto" if hp.get(k, "auto") == "auto" else _check_openai(k, hp[k]) for k in OPENAI_HP}
-    return out | {k: _check_local(k, v) for k,v in hp.items() if k not in OPENAI_HP}
+    "`lora.check_hyperparameters`, its error answered as a 400 that names the field."
+    try: return _check_hyperparameters(hp)
+    except HyperparameterError as e:
+        raise APIError(400, e.message + (f" ({e.hint})" if e.hint else ""), param=e.param, code="invalid_hyperparameter") from None
 
 def openai_hyperparameters(hp:dict)->dict:
     "Just OpenAI's three, as a job shows them."
-    return {k: hp[k] for k in OPENAI_HP}
+    return {k: hp[k] for k in OPENAI_HYPERPARAMETERS}
 
 # %% ../../nbs/07d_jobs.ipynb #113e61fc
-_TRAINING_EXTRAS = {"method": "method", "max_steps": "max_steps", "max_length": "max_length", "logging_steps": "logging_steps",
-                    "save_steps": "save_steps", "gradient_accumulation_steps": "grad_accum"}
-_LORA_EXTRAS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
-
 def training_configs(
     hp:dict,          # from `check_hyperparameters`
     n_examples:int,   # training examples (for `n_epochs: "auto"`)
     seed:int,         # the job's seed
 )->tuple:             # (LoRAConfig, TrainingConfig)
-    "The local trainer's configs for a job's hyperparameters."
-    from finetune_nb.lora import LoRAConfig, TrainingConfig
-    from finetune_nb.data import default_epochs
-    tc = {"seed": seed, "progress": False, "epochs": default_epochs(n_examples) if hp["n_epochs"] == "auto" else hp["n_epochs"]}
-    if hp["batch_size"] != "auto": tc.update(batch_size=hp["batch_size"], grad_accum=1)
-    if hp["learning_rate_multiplier"] != "auto": tc["lr"] = TrainingConfig().lr * hp["learning_rate_multiplier"]
-    tc.update({_TRAINING_EXTRAS[k]: v for k,v in hp.items() if k in _TRAINING_EXTRAS})
-    return LoRAConfig(**{_LORA_EXTRAS[k]: v for k,v in hp.items() if k in _LORA_EXTRAS}), TrainingConfig(**tc)
+    "The local trainer's configs for a job: the package's one mapping."
+    return LoRAConfig.from_openai(hp), TrainingConfig.from_openai(hp, n_examples=n_examples, seed=seed, progress=False)
 
-def trained_hyperparameters(hp:dict, tcfg)->dict:
-    "OpenAI's three as the trainer runs them (no \"auto\" left): epochs, examples per step, lr multiplier."
-    from finetune_nb.lora import TrainingConfig
-    return {"n_epochs": int(tcfg.epochs) if float(tcfg.epochs).is_integer() else tcfg.epochs, "batch_size": tcfg.batch_size * tcfg.grad_accum,
-            "learning_rate_multiplier": tcfg.lr / TrainingConfig().lr}
+def trained_hyperparameters(hp:dict, tcfg:TrainingConfig)->dict:
+    "OpenAI's three as the trainer runs them (no \"auto\" left)."
+    return {k: v for k, v in tcfg.to_openai().items() if k in OPENAI_HYPERPARAMETERS}
 
 # %% ../../nbs/07d_jobs.ipynb #42279f8a
 @dataclass
@@ -148,7 +109,9 @@ def cancel(self:Jobs, owner:str, job_id:str)->FineTuningJob:
     job = self.get(owner, job_id)
     if job.status in ("succeeded", "failed", "cancelled"):
         raise APIError(400, f"Job {job_id} has already {job.status.replace('cancelled','been cancelled')}; only queued or running jobs can be cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
-    job = FineTuningJob(**self.store.update("jobs", job_id, status="cancelled", finished_at=now()))
+    done = self.store.update("jobs", job_id, only_if=("queued", "running"), status="cancelled", finished_at=now())
+    if done is None: return self.cancel(owner, job_id)   # it finished meanwhile: answer as for a finished job
+    job = FineTuningJob(**done)
     if (stop := self._running.get(job_id)) is not None: stop.set()
     self.event(job_id, "Fine-tuning job cancelled")
     return job
@@ -224,9 +187,10 @@ def prepare(self:Jobs, job_id:str)->TrainPlan|None:
     train = read_dataset(self.files.path(job["training_file"]))
     val = read_dataset(self.files.path(job["validation_file"])) if job.get("validation_file") else None
     lcfg,tcfg = training_configs(inner["hyperparameters"], len(train), job["seed"])
-    if self.store.get("jobs", job_id)["status"] != "queued": return None
     shown = trained_hyperparameters(inner["hyperparameters"], tcfg)
-    job = self.store.update("jobs", job_id, status="running", hyperparameters=shown, method={"type": "supervised", "supervised": {"hyperparameters": shown}})
+    job = self.store.update("jobs", job_id, only_if=("queued",), status="running", hyperparameters=shown,
+                            method={"type": "supervised", "supervised": {"hyperparameters": shown}})
+    if job is None: return None   # cancelled meanwhile (the check and the change are one step, so a cancel is never overwritten)
     self.count("jobs_started")
     resume = inner.get("resume")
     self.event(job_id, "Fine-tuning job started" + (f" (resuming from {Path(resume).name})" if resume else ""))

@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 # %% auto #0
 __all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'BACKEND_KEY_ENV_RE', 'new_id', 'valid_id', 'now', 'APIError',
            'hide_paths', 'not_found', 'APIModel', 'FileObject', 'Deleted', 'ListPage', 'JobError', 'FineTuningJob',
-           'JobEvent', 'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'Usage', 'AssistantMessage', 'Choice',
-           'ChatCompletion', 'ChunkChoice', 'ChatCompletionChunk', 'ChatMessage', 'ChatRequest', 'JobRequest',
+           'JobEvent', 'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'ChatMessage', 'ChatRequest', 'JobRequest',
            'SimpleJobRequest', 'DeployRequest', 'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage',
            'InferenceReply']
 
@@ -151,41 +150,6 @@ class Checkpoint(APIModel):
 class ModelObject(APIModel):
     "OpenAI's `Model`."
     id:str; object:Literal["model"]="model"; created:int=0; owned_by:str="finetune-nb"
-
-# %% ../../nbs/07a_protocol.ipynb #7bd3e45a
-class Usage(APIModel):
-    "OpenAI's `CompletionUsage`."
-    prompt_tokens:int; completion_tokens:int; total_tokens:int=0
-    def model_post_init(self, _): self.total_tokens = self.total_tokens or self.prompt_tokens + self.completion_tokens
-
-class AssistantMessage(APIModel):
-    role:Literal["assistant"]="assistant"; content:str|None=None; refusal:str|None=None
-
-class Choice(APIModel):
-    index:int=0; message:AssistantMessage; finish_reason:str="stop"; logprobs:None=None
-
-class ChatCompletion(APIModel):
-    "OpenAI's `CreateChatCompletionResponse`."
-    id:str=Field(default_factory=lambda: f"chatcmpl-{secrets.token_hex(12)}")
-    object:Literal["chat.completion"]="chat.completion"; created:int=Field(default_factory=now); model:str
-    choices:list[Choice]; usage:Usage; system_fingerprint:str="finetune_nb"
-
-    @classmethod
-    def of(cls, model:str, text:str, finish_reason:str, prompt_tokens:int, completion_tokens:int)->ChatCompletion:
-        "One-choice completion of `text`."
-        return cls(model=model, choices=[Choice(message=AssistantMessage(content=text), finish_reason=finish_reason)],
-                   usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
-
-class ChunkChoice(APIModel):
-    index:int=0; delta:dict[str, Any]={}; finish_reason:str|None=None; logprobs:None=None
-
-class ChatCompletionChunk(APIModel):
-    "OpenAI's `CreateChatCompletionStreamResponse` (one server-sent event)."
-    OMIT_IF_NONE: ClassVar = ("usage",)
-    id:str; object:Literal["chat.completion.chunk"]="chat.completion.chunk"; created:int=Field(default_factory=now); model:str
-    choices:list[ChunkChoice]=[]; usage:Usage|None=None; system_fingerprint:str="finetune_nb"
-
-    def sse(self)->str: return f"data: {self.model_dump_json()}\n\n"
 
 # %% ../../nbs/07a_protocol.ipynb #67d482cf
 class ChatMessage(BaseModel):

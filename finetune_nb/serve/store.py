@@ -46,11 +46,11 @@ class Store:
                              (obj["id"], owner, parent, obj.get("status"), obj.get("created_at") or now(), json.dumps(obj), json.dumps(internal or {})))
         return obj
 
-    def update(self, table:str, id:str, internal:dict|None=None, **changes)->dict|None:
-        "Merge `changes` into the object `id` (and `internal` into its internal record), atomically; the new object."
+    def update(self, table:str, id:str, internal:dict|None=None, only_if:tuple|None=None, **changes)->dict|None:
+        "Merge `changes` into the object `id` (and `internal` into its internal record), atomically; the new object (None if absent, or its status is not in `only_if`)."
         with self._lock:
             row = self._one(f"SELECT obj, internal FROM {table} WHERE id=?", (id,))
-            if row is None: return None
+            if row is None or (only_if is not None and json.loads(row[0]).get("status") not in only_if): return None
             obj,inner = {**json.loads(row[0]), **changes},{**json.loads(row[1]), **(internal or {})}
             self._db.execute(f"UPDATE {table} SET obj=?, status=?, internal=? WHERE id=?", (json.dumps(obj), obj.get("status"), json.dumps(inner), id))
             return obj
