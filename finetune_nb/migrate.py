@@ -208,7 +208,7 @@ def job_suffix(
     job:dict, # a fine-tuning job as the API returns it
 )->str|None:  # the suffix its model was given, if any
     "A job's suffix: its `suffix` field where the server sends one, else the 4th part of OpenAI's `ft:BASE:ORG:SUFFIX:ID`."
-    if job.get("suffix"): return job["suffix"]
+    if job.get("user_provided_suffix") or job.get("suffix"): return job.get("user_provided_suffix") or job["suffix"]
     parts = (job.get("fine_tuned_model") or "").split(":")
     return (parts[3] or None) if len(parts) == 5 else None
 

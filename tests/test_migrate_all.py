@@ -159,6 +159,7 @@ def test_archive_then_migrate_all(account, tmp_path, monkeypatch):
     f = data["triage"][0]
     assert cli_json("validate", f)[1]["stats"]["n_examples"] == 24 and cli_json("stats", f)[1]["n_examples"] == 24
     assert cli_json("split", f, "--out-dir", tmp_path/"split")[1]["n_train"] > 0
+    assert cli_json("dedupe", f, "--out", tmp_path/"dedup.jsonl")[1]["n_out"] == 24
     rc, tr, err = cli_json("train", f, "--max-steps", "1", "--batch-size", "4", "--grad-accum", "1", "--output-dir", tmp_path/"train")
     assert rc == 0 and tr["steps"] == 1, err[-2000:]
 
@@ -168,4 +169,4 @@ def test_every_json_command_is_covered():
     from finetune_nb.cli import COMMANDS
     has_json = {n for n, (f, extra) in COMMANDS.items() if "json" in f.__code__.co_varnames[:f.__code__.co_argcount]
                 or "as_json" in f.__code__.co_varnames[:f.__code__.co_argcount]}
-    assert has_json == {"validate", "stats", "split", "train", "migrate", "archive", "jobs"}
+    assert has_json == {"validate", "stats", "split", "dedupe", "train", "migrate", "archive", "jobs"}

@@ -12,6 +12,7 @@ from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -144,7 +145,7 @@ MIDDLEWARE = (internal_errors, limit_size, require_key, record_metrics, request_
 # %% ../../nbs/07e_app.ipynb #cbf6e30b
 async def api_error(request, e:APIError): return e.response()
 
-async def invalid_request(request, e:RequestValidationError):
+async def invalid_request(request, e:RequestValidationError|ValidationError):   # a model built inside a handler fails the same way
     errs = e.errors()
     first = errs[0] if errs else {}
     loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
@@ -161,7 +162,7 @@ async def package_error(request, e:FinetuneNBError):
     status = 400 if isinstance(e, (DataError, ConfigError)) else 500
     return APIError(status, hide_paths(e.message), type="invalid_request_error" if status == 400 else "server_error", code=type(e).__name__).response()
 
-EXCEPTION_HANDLERS = {APIError: api_error, RequestValidationError: invalid_request, StarletteHTTPException: http_error, FinetuneNBError: package_error}
+EXCEPTION_HANDLERS = {APIError: api_error, RequestValidationError: invalid_request, ValidationError: invalid_request, StarletteHTTPException: http_error, FinetuneNBError: package_error}
 
 # %% ../../nbs/07e_app.ipynb #5789e47f
 def service(request:Request)->Service: return request.app.state.service
