@@ -171,6 +171,8 @@ def normalize_messages(
         c = m.get("content")
         if isinstance(c, (list, tuple)): c = "".join(_part_text(p) for p in c)
         elif c is not None and not isinstance(c, str): raise DataError(f"messages[{i}].content must be a string or a list of parts, got {type(c).__name__}")
+        if role == "tool" and not m.get("tool_call_id"):
+            raise DataError(f"messages[{i}].tool_call_id: a tool message needs the id of the assistant tool call it answers")
         d = {"role": role, "content": c or ""}
         d.update({k: m[k] for k in _TEMPLATE_KEYS if m.get(k) is not None})
         if keep_weight and m.get("weight") is not None: d["weight"] = m["weight"]
