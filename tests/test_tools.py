@@ -37,12 +37,10 @@ def _call_text(call:dict)->str:
     f = call["function"]
     return f'<tool_call>{{"name": "{f["name"]}", "arguments": {json.dumps(json.loads(f["arguments"]), ensure_ascii=False)}}}</tool_call>'
 
-def _runs(labels):
-    out, start = [], None
-    for i, l in enumerate(list(labels) + [-100]):
-        if l != -100 and start is None: start = i
-        elif l == -100 and start is not None: out.append((start, i)); start = None
-    return out
+def _runs(labels)->list[tuple[int,int]]:
+    "Half-open ranges of trained (labelled) positions."
+    from finetune_nb.lora import _runs as runs
+    return runs([l != -100 for l in labels])
 
 # --- training ---------------------------------------------------------------------------------------------------
 
@@ -155,6 +153,9 @@ def test_server_tool_calls_conform_and_sdk_reads_them(caller_dir, start_server, 
                 {"messages": ASK + [{"role": "assistant", "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f"}}]}]}):
         r = httpx.post(srv.base_url + "/chat/completions", json={**body, **bad}, timeout=60)
         assert r.status_code == 400, (bad, r.status_code, r.text[:300])
+    odd = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": 5}}}]   # a schema the template can't list
+    r = httpx.post(srv.base_url + "/chat/completions", json={**body, "tools": odd, "max_tokens": 3}, timeout=60)
+    assert r.status_code in (200, 400), (r.status_code, r.text[:300])
 
 # --- evaluation -------------------------------------------------------------------------------------------------
 
@@ -170,5 +171,7 @@ def test_evaluator_scores_tool_calls(caller_dir, tmp_path):
     assert [r.fine_tuned.metrics for r in res] == [
         {"tool_name_accuracy": 1.0, "tool_args_match": 1.0, "tool_call_exact_match": 1.0},
         {"tool_name_accuracy": 1.0, "tool_args_match": 0.0, "tool_call_exact_match": 0.0}]
-    s = ev.summary(res, n_boot=50)
-    assert json.dumps(s) and "tool_call_exact_match" in json.dumps(s)
+    from finetune_nb.evaluate import write_report
+    files = write_report(ev.summary(res, n_boot=50), tmp_path/"report", res)
+    fine = json.loads(Path(files["metrics"]).read_text())["summary"]
+    assert "tool_call_exact_match" in json.dumps(fine) and "tool_call_exact_match" in Path(files["report"]).read_text()
