@@ -150,6 +150,7 @@ def test_server_tool_calls_conform_and_sdk_reads_them(caller_dir, start_server, 
     for bad in ({"tool_choice": {"type": "function", "function": {"name": "no_such_fn"}}},
                 {"tools": [{"type": "function", "function": {"name": "bad name!"}}]},
                 {"tools": "nope"}, {"tool_choice": "sometimes"},
+                {"messages": ASK + [{"role": "tool", "tool_call_id": "call_nope", "content": "x"}]},   # answers no call
                 {"messages": ASK + [{"role": "assistant", "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f"}}]}]}):
         r = httpx.post(srv.base_url + "/chat/completions", json={**body, **bad}, timeout=60)
         assert r.status_code == 400, (bad, r.status_code, r.text[:300])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re, secrets, time
 from typing import Any, ClassVar, Literal
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 # %% auto #0
 __all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'BACKEND_KEY_ENV_RE', 'new_id', 'valid_id', 'now', 'APIError',
@@ -200,6 +200,17 @@ class ChatRequest(BaseModel):
     tools: list[ToolDef]|None = Field(None, max_length=128)  # functions the model may call
     tool_choice: Literal["none", "auto", "required"]|NamedToolChoice|None = None
     parallel_tool_calls: bool|None = None
+
+    @model_validator(mode="after")
+    def _tool_turns(self):
+        "As OpenAI: only assistants call tools, and a tool message answers an earlier call by its `tool_call_id`."
+        ids = set()
+        for i, m in enumerate(self.messages):
+            if m.tool_calls and m.role != "assistant": raise ValueError(f"messages[{i}].tool_calls: only assistant messages make tool calls")
+            ids |= {c.id for c in m.tool_calls or []}
+            if m.role == "tool" and m.tool_call_id not in ids:
+                raise ValueError(f"messages[{i}].tool_call_id: a tool message must answer an earlier assistant tool call by its id")
+        return self
 
     def tool_options(self)->dict:
         "Tool settings for the engine: tools (plain dicts), tool_choice, parallel_tool_calls; a choice the tools can't meet is a 400."
