@@ -18,9 +18,10 @@ from .core import ConfigError, DataError, atomic_write, atomic_write_json, get_l
 _log = get_logger("finetune_nb.evaluate")
 
 # %% auto #0
-__all__ = ['METRICS', 'DEFAULT_METRICS', 'JSON_METRICS', 'NOT_SCORES', 'JUDGE_SYSTEM', 'normalize_text', 'exact_match',
-           'normalized_exact_match', 'token_f1', 'word_overlap', 'length_ratio', 'parse_json', 'json_valid',
-           'json_field_scores', 'json_field_accuracy', 'register_metric', 'resolve_metrics', 'compute_metrics',
+__all__ = ['METRICS', 'DEFAULT_METRICS', 'JSON_METRICS', 'TOOL_METRICS', 'NOT_SCORES', 'JUDGE_SYSTEM', 'normalize_text',
+           'exact_match', 'normalized_exact_match', 'token_f1', 'word_overlap', 'length_ratio', 'parse_json',
+           'json_valid', 'json_field_scores', 'json_field_accuracy', 'tool_calls_text', 'tool_name_accuracy',
+           'tool_args_match', 'tool_call_exact_match', 'register_metric', 'resolve_metrics', 'compute_metrics',
            'default_weights', 'overall_score', 'paired_bootstrap_ci', 'mean_ci', 'wilson_ci', 'call_chat',
            'EvalExample', 'to_examples', 'EvalResult', 'Comparison', 'FineTuneEvaluator', 'summarize', 'score_summary',
            'judge_messages', 'parse_verdict', 'JudgeVerdict', 'ABTestEvaluator', 'plot_metric_bars',
@@ -94,12 +95,52 @@ def json_field_accuracy(expected:str, actual:str)->float:
     s = json_field_scores(expected, actual)
     return sum(s.values())/len(s) if s else 1.0
 
+# %% ../nbs/06_evaluate.ipynb #c7a63d4a
+def tool_calls_text(
+    calls:list,   # OpenAI `tool_calls` (dicts or SDK objects): `function.name`, `function.arguments` (a JSON string)
+)->str:           # `{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}`: what tool-call metrics compare
+    "The canonical text of a reply's tool calls, so tool calls are scored by `(expected, actual)` metrics like any reply."
+    out = []
+    for c in calls:
+        f = c.get("function", {}) if isinstance(c, dict) else getattr(c, "function", None)
+        name = f.get("name") if isinstance(f, dict) else getattr(f, "name", None)
+        args = f.get("arguments") if isinstance(f, dict) else getattr(f, "arguments", None)
+        ok, v = parse_json(args) if isinstance(args, str) else (True, args)
+        out.append({"name": name, "arguments": v if ok else args})
+    return json.dumps({"tool_calls": out}, ensure_ascii=False)
+
+def _calls(text:str)->list|None:
+    ok, v = parse_json(text)
+    return v["tool_calls"] if ok and isinstance(v, dict) and list(v) == ["tool_calls"] and isinstance(v["tool_calls"], list) else None
+
+def _tool_score(expected:str, actual:str, same)->float:
+    e, a = _calls(expected), _calls(actual)
+    if e is None: return float(a is None)   # no call expected: right when none was made
+    if a is None: return 0.0
+    n = max(len(e), len(a))
+    return sum(same(x, y) for x, y in zip(e, a)) / n if n else 1.0
+
+def tool_name_accuracy(expected:str, actual:str)->float:
+    "Share of the expected tool calls (in order) whose function name the reply gets right."
+    return _tool_score(expected, actual, lambda x, y: isinstance(x, dict) and isinstance(y, dict) and x.get("name") == y.get("name"))
+
+def tool_args_match(expected:str, actual:str)->float:
+    "Share of the expected tool calls whose function *and* arguments (JSON equality) the reply gets right."
+    return _tool_score(expected, actual, lambda x, y: isinstance(x, dict) and isinstance(y, dict) and x.get("name") == y.get("name") and x.get("arguments") == y.get("arguments"))
+
+def tool_call_exact_match(expected:str, actual:str)->float:
+    "1.0 if the reply makes exactly the expected calls: same functions, same arguments, same order."
+    return float(tool_args_match(expected, actual) == 1.0 and (_calls(expected) is None) == (_calls(actual) is None))
+
+
 # %% ../nbs/06_evaluate.ipynb #cea8ff6c
 METRICS:dict[str, Callable[[str, str], float]] = dict(
     exact_match=exact_match, normalized_exact_match=normalized_exact_match, token_f1=token_f1,
-    word_overlap=word_overlap, length_ratio=length_ratio, json_valid=json_valid, json_field_accuracy=json_field_accuracy)
+    word_overlap=word_overlap, length_ratio=length_ratio, json_valid=json_valid, json_field_accuracy=json_field_accuracy,
+    tool_name_accuracy=tool_name_accuracy, tool_args_match=tool_args_match, tool_call_exact_match=tool_call_exact_match)
 DEFAULT_METRICS = ["exact_match", "normalized_exact_match", "token_f1", "word_overlap", "length_ratio"]
 JSON_METRICS = DEFAULT_METRICS + ["json_valid", "json_field_accuracy"]
+TOOL_METRICS = ["tool_name_accuracy", "tool_args_match", "tool_call_exact_match"]   # for replies that call tools
 NOT_SCORES = {"length_ratio"}   # reported, but weight 0 in `overall` unless the user says otherwise
 
 def register_metric(
@@ -213,7 +254,8 @@ async def _drain(tasks:list, desc:str, progress:bool):
 class EvalExample:
     "One held-out example: the prompt messages and the reference reply."
     messages:list[dict]   # prompt (without the reference reply)
-    expected:str          # reference reply
+    expected:str          # reference reply (its tool calls as `tool_calls_text` when it made some)
+    tools:list|None=None  # tool definitions offered with the prompt (sent with the request)
 
 def to_examples(data)->list[EvalExample]:
     "Held-out examples from chat records, `{input, expected}` dicts, a `ChatDataset` or a path."
@@ -224,11 +266,13 @@ def to_examples(data)->list[EvalExample]:
     for i, r in enumerate(data):
         if isinstance(r, EvalExample): out.append(r); continue
         if "messages" in r:
-            msgs = [{"role": m["role"], "content": m.get("content") or ""} for m in r["messages"]]
+            msgs = [{"role": m["role"], "content": m.get("content") or "", **{k: m[k] for k in ("tool_calls", "tool_call_id") if m.get(k)}}
+                    for m in r["messages"]]
             last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
             if last is None: raise DataError(f"example {i}: no assistant message to use as the reference answer",
                                              hint="held-out conversations must end with the expected assistant reply")
-            out.append(EvalExample(msgs[:last], msgs[last]["content"]))
+            ref = msgs[last]
+            out.append(EvalExample(msgs[:last], tool_calls_text(ref["tool_calls"]) if ref.get("tool_calls") else ref["content"], r.get("tools") or None))
         elif "input" in r and "expected" in r:
             inp = r["input"]
             out.append(EvalExample([{"role": "user", "content": inp}] if isinstance(inp, str) else list(inp), str(r["expected"])))
@@ -290,11 +334,12 @@ class FineTuneEvaluator:
 
     async def _one(self, client, model, ex:EvalExample, sem, executor)->EvalResult:
         async with sem:
-            try: r, dt = await call_chat(client, model, ex.messages, executor, **self.request_kw)
+            try: r, dt = await call_chat(client, model, ex.messages, executor, **self.request_kw, **({"tools": ex.tools} if ex.tools else {}))
             except Exception as e:
                 _log.warning("request to %s failed: %s", model, e)
                 return EvalResult(ex.messages, ex.expected, "", float("nan"), {}, 0.0, model=model, error=f"{type(e).__name__}: {e}")
-        text = r.choices[0].message.content or ""
+        msg = r.choices[0].message
+        text = tool_calls_text(msg.tool_calls) if getattr(msg, "tool_calls", None) else (msg.content or "")
         ms = compute_metrics(ex.expected, text, self.metrics)
         u = getattr(r, "usage", None)
         return EvalResult(ex.messages, ex.expected, text, overall_score(ms, self._weights(ms)), ms, dt,

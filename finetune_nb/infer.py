@@ -4,7 +4,7 @@
 
 # %% ../nbs/04b_infer.ipynb #5b0a0597
 from __future__ import annotations
-import asyncio, threading, time, uuid, weakref
+import asyncio, json, re, threading, time, uuid, weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, AsyncIterator
@@ -14,23 +14,123 @@ from .core import ConfigError, ModelLoadError, MODEL_LOCK, get_logger
 _log = get_logger("finetune_nb.infer")
 
 # %% auto #0
-__all__ = ['build_prompt', 'Generation', 'generate_chat', 'ChatStream', 'stream_chat', 'model_lock', 'completion_response',
+__all__ = ['TOOL_OPEN', 'TOOL_CLOSE', 'template_inputs', 'parse_tool_calls', 'tool_prefix', 'ToolDeltas', 'build_prompt',
+           'Generation', 'generate_chat', 'ChatStream', 'stream_chat', 'model_lock', 'completion_response',
            'completion_chunk', 'LocalChatClient', 'AsyncLocalChatClient']
 
 # %% ../nbs/04b_infer.ipynb #cb7a91b2
 from .data import normalize_messages
 from .models import load_model
 
+# %% ../nbs/04b_infer.ipynb #1dac9bb7
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+_TOOL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+
+def template_inputs(
+    messages,            # anything `data.normalize_messages` reads
+    tools:list|None=None,# OpenAI-shaped tool definitions (`[{"type": "function", "function": {...}}]`)
+)->tuple[list[dict], list|None]: # (messages, tools) as chat templates read them
+    "Messages and tools for `apply_chat_template`: tool-call `arguments` become dicts (most templates `tojson` them)."
+    out = []
+    for m in normalize_messages(messages):
+        if m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                c = dict(c); f = dict(c.get("function") or {})
+                if isinstance(f.get("arguments"), str):
+                    try: f["arguments"] = json.loads(f["arguments"])
+                    except ValueError: pass   # the template sees the string as it is
+                c["function"] = f; calls.append(c)
+            m = {**m, "tool_calls": calls}
+        out.append(m)
+    return out, (list(tools) if tools else None)
+
+def _new_call_id()->str: return f"call_{uuid.uuid4().hex[:24]}"
+
+def parse_tool_calls(
+    text:str,               # generated text
+    tools:list|None=None,   # when given, a call to a function not among them makes the output plain content
+    parallel:bool=True,     # False keeps only the first call (`parallel_tool_calls=false`)
+)->tuple[str|None, list[dict]|None]: # (content, OpenAI `tool_calls`) or (text, None) when there is no well-formed call
+    "Parse `<tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>` blocks into OpenAI `tool_calls`; anything malformed stays text."
+    if TOOL_OPEN not in text: return text, None
+    names = {(t.get("function") or t).get("name") for t in tools or [] if isinstance(t, dict)}
+    calls = []
+    for body in _TOOL_RE.findall(text):
+        try: d = json.loads(body)
+        except ValueError: return text, None
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"]: return text, None
+        if tools and d["name"] not in names: return text, None
+        args = d.get("arguments", {})
+        if isinstance(args, str):
+            try: args = json.loads(args)
+            except ValueError: return text, None
+        if not isinstance(args, dict): return text, None
+        calls.append({"id": _new_call_id(), "type": "function", "function": {"name": d["name"], "arguments": json.dumps(args, ensure_ascii=False)}})
+    if not parallel: calls = calls[:1]
+    content = _TOOL_RE.sub("", text).strip()
+    return (content or None), (calls or None)
+
+def tool_prefix(
+    tool_choice=None,  # "auto", "none", "required" or {"type": "function", "function": {"name": ...}}
+)->str:                # text the reply is made to start with ("" when the model chooses freely)
+    "How `required` and a named function are enforced: the reply is started for the model."
+    if tool_choice == "required": return TOOL_OPEN + '{"name": "'
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        if not isinstance(name, str) or not name: raise ConfigError("tool_choice names no function", hint='use {"type": "function", "function": {"name": "..."}}')
+        return TOOL_OPEN + json.dumps({"name": name})[:-1] + ', "arguments": '
+    if tool_choice not in (None, "auto", "none"): raise ConfigError(f"tool_choice={str(tool_choice)[:40]!r}", hint="use auto, none, required or a named function")
+    return ""
+
+# %% ../nbs/04b_infer.ipynb #f2fd3814
+class ToolDeltas:
+    "Turns streamed text into chunk deltas: content while it cannot be a tool call; the tool calls, parsed, when the reply ends."
+    def __init__(self,
+        tools:list|None=None,   # the request's tools (none: every delta is content)
+        parse:bool=True,        # False for `tool_choice="none"`
+        parallel:bool=True,     # False keeps only the first call (`parallel_tool_calls=false`)
+    ):
+        self.tools, self.on, self.parallel, self.text, self.sent = tools, bool(tools) and parse, parallel, "", 0
+
+    def feed(self, piece:str)->list[dict]:
+        "Deltas to send now for `piece`."
+        self.text += piece
+        if not self.on: return self._upto(len(self.text))
+        i = self.text.find(TOOL_OPEN)
+        if i < 0:   # hold back a tail that could be the start of `<tool_call>`
+            i = len(self.text) - next((k for k in range(min(len(TOOL_OPEN)-1, len(self.text)), 0, -1) if TOOL_OPEN.startswith(self.text[-k:])), 0)
+        return self._upto(i)
+
+    def _upto(self, i:int)->list[dict]:
+        if i <= self.sent: return []
+        d = [{"content": self.text[self.sent:i]}]; self.sent = i
+        return d
+
+    def finish(self, finish_reason:str)->tuple[list[dict], str]:
+        "(the last deltas, the finish reason): `tool_calls` when the held text parsed as calls."
+        rest = self.text[self.sent:]
+        if self.on and rest:
+            content, calls = parse_tool_calls(rest, self.tools, self.parallel)
+            if calls:
+                self.sent = len(self.text)
+                out = [{"content": content}] if content else []
+                out += [{"tool_calls": [{"index": i, **c}]} for i, c in enumerate(calls)]
+                return out, "tool_calls"
+        return self._upto(len(self.text)), finish_reason
+
 # %% ../nbs/04b_infer.ipynb #998d0eae
 def build_prompt(
     tokenizer,       # a tokenizer with a chat template
     messages:list,   # the conversation so far (anything `data.normalize_messages` reads)
+    tools:list|None=None, # OpenAI-shaped tool definitions, rendered by the template (its `tools=`)
 )->str:              # prompt text ending with the assistant header
     "The exact prompt string used at inference: the chat template with `add_generation_prompt=True`."
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template",
                           hint="use a chat/instruct model, or set tokenizer.chat_template before generating")
-    return tokenizer.apply_chat_template(normalize_messages(messages), tokenize=False, add_generation_prompt=True)
+    chat, tools = template_inputs(messages, tools)
+    return tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=True)
 
 # %% ../nbs/04b_infer.ipynb #4b65c357
 @dataclass
@@ -39,7 +139,8 @@ class Generation:
     text:str              # the reply, special tokens removed, cut before any stop string
     prompt_tokens:int     # tokens in the rendered prompt
     completion_tokens:int # tokens generated (including EOS when emitted)
-    finish_reason:str     # "stop" (EOS or stop string) or "length" (max_new_tokens reached)
+    finish_reason:str     # "stop" (EOS or stop string), "length" (max_new_tokens reached) or "tool_calls"
+    tool_calls:list|None=None # OpenAI `tool_calls` parsed from the reply (then `text` is the content around them)
 
 def _eos_ids(model, tokenizer)->set[int]:
     ids = {tokenizer.eos_token_id}
@@ -93,12 +194,16 @@ def generate_chat(
     stop:str|list[str]|None=None, # reply ends before any of these strings
     seed:int|None=None,        # seeds torch's RNG before sampling
     batch_size:int=16,         # conversations per `generate` call
+    tools:list|None=None,      # OpenAI-shaped tool definitions offered to the model (the same for every conversation)
+    tool_choice:str|dict|None=None, # "auto" (default), "none" (no call is parsed), "required" or a named function (the reply is started with the call)
+    parallel_tool_calls:bool=True,  # False keeps only the first call
 )->list[Generation]:           # one per conversation, same order
     "Generate one assistant reply per conversation, batched with left padding, with the model's chat template."
     import torch
     stops, eos = _as_stops(stop), _eos_ids(model, tokenizer)
     kw = _gen_kwargs(model, tokenizer, max_new_tokens, temperature, top_p, stops, seed)
-    prompts = [build_prompt(tokenizer, c) for c in conversations]
+    prefix = tool_prefix(tool_choice) if tools else ""
+    prompts = [build_prompt(tokenizer, c, tools) + prefix for c in conversations]
     tokenizer.padding_side, pad = "left", tokenizer.pad_token_id
     device = next(model.parameters()).device
     out = []
@@ -112,9 +217,13 @@ def generate_chat(
             else:
                 while row and row[-1] == pad: row = row[:-1]   # rows finished early (stop string) are padded
             text = tokenizer.decode(row if hit_eos is None else row[:hit_eos], skip_special_tokens=True)
-            text, hit_stop = _cut_at_stop(text, stops)
+            text, hit_stop = _cut_at_stop(prefix + text, stops)
             reason = "stop" if hit_eos is not None or hit_stop or len(row) < max_new_tokens else "length"
-            out.append(Generation(text, int(mask.sum()), len(row), reason))
+            calls = None
+            if tools and tool_choice != "none":
+                content, calls = parse_tool_calls(text, tools, parallel_tool_calls)
+                if calls: text, reason = content or "", "tool_calls"
+            out.append(Generation(text, int(mask.sum()), len(row), reason, calls))
     return out
 
 # %% ../nbs/04b_infer.ipynb #07afdbde
@@ -144,13 +253,14 @@ def _streamer_classes():
 
 class ChatStream:
     "Iterator of text deltas for one reply; `.finish_reason`, `.prompt_tokens`, `.completion_tokens` are set when it ends."
-    def __init__(self, model, tokenizer, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, stop=None, seed=None):
+    def __init__(self, model, tokenizer, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, stop=None, seed=None, tools=None, tool_choice=None):
         import torch
         Streamer, EventStop = _streamer_classes()
         self.stops = _as_stops(stop)
         self.max_new_tokens, self.finish_reason, self.completion_tokens = max_new_tokens, None, 0
         kw = _gen_kwargs(model, tokenizer, max_new_tokens, temperature, top_p, self.stops, seed)
-        enc = tokenizer([build_prompt(tokenizer, messages)], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+        self.prefix = tool_prefix(tool_choice) if tools else ""   # the start of a forced tool call: the first delta
+        enc = tokenizer([build_prompt(tokenizer, messages, tools) + self.prefix], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
         self.prompt_tokens = int(enc["input_ids"].shape[1])
         self._cancel, self._error = threading.Event(), None
         self._streamer = Streamer(tokenizer, _eos_ids(model, tokenizer), timeout=600)
@@ -165,7 +275,7 @@ class ChatStream:
         self._it = self._deltas()
 
     def _deltas(self)->Iterator[str]:
-        text, sent, hold = "", 0, max((len(s) for s in self.stops), default=1) - 1
+        text, sent, hold = self.prefix, 0, max((len(s) for s in self.stops), default=1) - 1
         try:
             for piece in self._streamer:
                 text += piece
@@ -205,9 +315,11 @@ def stream_chat(
     top_p:float=1.0,           # nucleus sampling mass (sampling only)
     stop:str|list[str]|None=None, # reply ends before any of these strings
     seed:int|None=None,        # seeds torch's RNG before sampling
+    tools:list|None=None,      # OpenAI-shaped tool definitions (rendered by the template; parse the text with `ToolDeltas`)
+    tool_choice:str|dict|None=None, # "required" or a named function start the reply with the call (the first delta)
 )->ChatStream:                 # iterator of text deltas
     "Stream one assistant reply as text deltas (generation runs in a background thread)."
-    return ChatStream(model, tokenizer, messages, max_new_tokens, temperature, top_p, stop, seed)
+    return ChatStream(model, tokenizer, messages, max_new_tokens, temperature, top_p, stop, seed, tools, tool_choice)
 
 # %% ../nbs/04b_infer.ipynb #dd74e117
 _LOCKS:"weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -222,6 +334,13 @@ def model_lock(model)->threading.Lock:
 
 def _new_completion_id()->str: return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
+def _message(g)->dict:
+    "The assistant message of one choice: its content, and its `tool_calls` when the reply made some."
+    calls = getattr(g, "tool_calls", None)
+    m = {"role": "assistant", "content": (g.text or None) if calls else g.text, "refusal": None}
+    if calls: m["tool_calls"] = calls
+    return m
+
 def completion_response(
     gens:list,            # one `Generation` (or anything with text/prompt_tokens/completion_tokens/finish_reason) per choice
     model_name:str,       # echoed as `model`
@@ -230,8 +349,7 @@ def completion_response(
     "The one builder of OpenAI chat completion responses (local clients and the server both use it)."
     pt, ct = gens[0].prompt_tokens, sum(g.completion_tokens for g in gens)
     return {"id": completion_id or _new_completion_id(), "object": "chat.completion", "created": int(time.time()), "model": model_name,
-            "choices": [{"index": i, "finish_reason": g.finish_reason, "logprobs": None,
-                         "message": {"role": "assistant", "content": g.text, "refusal": None}} for i, g in enumerate(gens)],
+            "choices": [{"index": i, "finish_reason": g.finish_reason, "logprobs": None, "message": _message(g)} for i, g in enumerate(gens)],
             "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
             "system_fingerprint": "finetune_nb"}
 
@@ -271,6 +389,9 @@ class _Completions:
         seed:int|None=None,            # reproducible sampling
         n:int=1,                       # replies per request
         stream_options:dict|None=None, # {"include_usage": True} adds a final usage chunk
+        tools:list|None=None,          # OpenAI-shaped tool definitions; the reply's calls come back as `message.tool_calls`
+        tool_choice:str|dict|None=None,# "auto", "none", "required" or {"type": "function", "function": {"name": ...}}
+        parallel_tool_calls:bool|None=None, # False: at most one call per reply
         **ignored,                     # other OpenAI arguments are accepted and ignored
     ):
         "Generate like `openai.OpenAI().chat.completions.create`; returns a `ChatCompletion` (or chunk iterator)."
@@ -278,26 +399,32 @@ class _Completions:
         msgs = normalize_messages(messages)
         kw = dict(max_new_tokens=max_completion_tokens or max_tokens or o.max_new_tokens,
                   temperature=1.0 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p, stop=stop, seed=seed)
+        if tools: tool_prefix(tool_choice); kw.update(tools=tools, tool_choice=tool_choice)   # a bad tool_choice fails here, before any work
+        parallel = parallel_tool_calls is not False
         name = model or o.model_name
         if ignored: _log.debug("LocalChatClient ignores %s", sorted(ignored))
         if stream:
             if n != 1: raise ConfigError(f"n={n} with stream=True", hint="stream one reply at a time")
-            return self._stream(msgs, name, kw, bool((stream_options or {}).get("include_usage")))
+            return self._stream(msgs, name, kw, bool((stream_options or {}).get("include_usage")), parallel)
         from openai.types.chat import ChatCompletion
-        with o.lock: gens = generate_chat(o.model, o.tokenizer, [msgs]*n, **kw)
+        with o.lock: gens = generate_chat(o.model, o.tokenizer, [msgs]*n, parallel_tool_calls=parallel, **kw)
         return ChatCompletion.model_validate(completion_response(gens, name))
 
-    def _stream(self, msgs, name, kw, include_usage):
+    def _stream(self, msgs, name, kw, include_usage, parallel=True):
         from openai.types.chat import ChatCompletionChunk
         o, cid, created = self._o, _new_completion_id(), int(time.time())
         chunk = lambda **k: ChatCompletionChunk.model_validate(completion_chunk(cid, created, name, **k))
+        td = ToolDeltas(kw.get("tools"), kw.get("tool_choice") != "none", parallel)
         with o.lock:
             s = stream_chat(o.model, o.tokenizer, msgs, **kw)
             try:
                 yield chunk(delta={"role": "assistant", "content": ""})
-                for d in s: yield chunk(delta={"content": d})
+                for piece in s:
+                    for d in td.feed(piece): yield chunk(delta=d)
             finally: s.close()
-        yield chunk(delta={}, finish_reason=s.finish_reason)
+        last, reason = td.finish(s.finish_reason)
+        for d in last: yield chunk(delta=d)
+        yield chunk(delta={}, finish_reason=reason)
         if include_usage: yield chunk(usage=_usage(s.prompt_tokens, s.completion_tokens))
 
 class _Chat:

@@ -15,7 +15,7 @@ from .core import (ConfigError, DataError, ModelLoadError, TrainingError, MODEL_
                               get_config, get_logger)
 from .data import normalize_messages, default_epochs
 from .models import default_device, cuda_bf16_supported, auto_compute_dtype, load_model
-from .infer import generate_chat, stream_chat
+from .infer import generate_chat, stream_chat, template_inputs
 
 log = get_logger("finetune_nb.lora")
 
@@ -294,18 +294,18 @@ def _runs(mask:list[int])->list[tuple[int,int]]:
         elif not v and start is not None: runs.append((start, i)); start = None
     return runs
 
-def _render(tokenizer, chat, gen=False)->str:
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen)
+def _render(tokenizer, chat, gen=False, tools=None)->str:
+    return tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=gen)
 
-def _spans_from_offsets(tokenizer, chat)->tuple[list[int], list[tuple[int,int]]]:
+def _spans_from_offsets(tokenizer, chat, tools=None)->tuple[list[int], list[tuple[int,int]]]:
     "Token ids of the rendered chat and one token span per assistant message, found by rendering prefixes."
-    full = _render(tokenizer, chat)
+    full = _render(tokenizer, chat, tools=tools)
     char_spans = []
     for i, m in enumerate(chat):
         if m["role"] != "assistant": continue
-        try: pre = _render(tokenizer, chat[:i], gen=True) if i else ""
+        try: pre = _render(tokenizer, chat[:i], gen=True, tools=tools) if i else ""
         except Exception: pre = ""
-        upto = _render(tokenizer, chat[:i+1])
+        upto = _render(tokenizer, chat[:i+1], tools=tools)
         if not (full.startswith(upto) and upto.startswith(pre)):
             raise DataError(f"the chat template renders assistant turn {i} differently depending on what follows it, "
                             "so its tokens cannot be located", hint="use a template whose output for a prefix is a prefix of the whole, "
@@ -325,15 +325,16 @@ def _spans_from_offsets(tokenizer, chat)->tuple[list[int], list[tuple[int,int]]]
 
 def _tokenize(tokenizer, messages, max_length:int)->tuple[dict, int]:
     "`tokenize_conversation` plus the number of trainable tokens before truncation."
+    tools = messages.get("tools") if isinstance(messages, dict) else getattr(messages, "tools", None)
     msgs = normalize_messages(messages, keep_weight=True)
-    chat = normalize_messages(msgs)
+    chat, tools = template_inputs(msgs, tools)   # tool calls and tool definitions, as the template reads them
     asst = [m for m in msgs if m["role"] == "assistant"]
     ids = spans = None
     if has_generation_markers(tokenizer):
-        enc = tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        enc = tokenizer.apply_chat_template(chat, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         runs = _runs(enc["assistant_masks"])
         if len(runs) == len(asst): ids, spans = list(enc["input_ids"]), runs
-    if ids is None: ids, spans = _spans_from_offsets(tokenizer, chat)
+    if ids is None: ids, spans = _spans_from_offsets(tokenizer, chat, tools)
     eos = tokenizer.eos_token_id
     labels = [-100] * len(ids)
     for k, ((s, e), m) in enumerate(zip(spans, asst)):
@@ -344,7 +345,7 @@ def _tokenize(tokenizer, messages, max_length:int)->tuple[dict, int]:
         if k == len(asst)-1 and msgs[-1] is m and eos not in ids[s:e]:   # the template never emits EOS: teach it anyway
             ids, labels = ids + [eos], labels + [eos]
     n_before = sum(l != -100 for l in labels)
-    if n_before == 0 and any(_trained(m) and m["content"] for m in asst):
+    if n_before == 0 and any(_trained(m) and (m["content"] or m.get("tool_calls")) for m in asst):
         raise DataError("the chat template produced no assistant tokens for a conversation with assistant messages",
                         hint="check the tokenizer's chat_template renders assistant content verbatim")
     ids, labels = ids[:max_length], labels[:max_length]
@@ -352,7 +353,7 @@ def _tokenize(tokenizer, messages, max_length:int)->tuple[dict, int]:
 
 def tokenize_conversation(
     tokenizer,            # a tokenizer with a chat template and a pad token distinct from EOS
-    messages,             # list of {"role", "content", "weight"?} (or a Conversation / {"messages": ...} record)
+    messages,             # list of {"role", "content", "weight"?, "tool_calls"?} (or a Conversation / {"messages", "tools"?} record)
     max_length:int=512,   # longer conversations are cut at the end
 )->dict:                  # {"input_ids", "attention_mask", "labels"}; labels -100 except trained assistant tokens + EOS
     "Tokenize one conversation exactly as training sees it: the chat template, labels only on assistant turns (weight ≠ 0) and their EOS."

@@ -42,12 +42,23 @@ TINY_SPECIAL = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|
 TINY_ROLES = ["system", "user", "assistant"]
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"   # tool definitions go in the system part: one compact `name(parameters)` line each
+    "{{ '<|system|>\n' }}{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n' }}{% endif %}"
+    "{{ 'Tools:\n' }}{% for tool in tools %}{% set fn = tool['function'] if tool['function'] is defined else tool %}"
+    "{{ fn['name'] ~ '(' }}{% if fn['parameters'] is mapping and fn['parameters']['properties'] is mapping %}"
+    "{{ fn['parameters']['properties'] | join(', ') }}{% endif %}{{ ')\n' }}{% endfor %}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
     "{{ raise_exception('finetune-nb/tiny chat template: unsupported role ' + message['role']) }}{% endif %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}{{ '\n' }}"
-    "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endif %}"
+    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] or [] %}{% set fn = call['function'] if call['function'] is defined else call %}"
+    "{{ '<tool_call>{\"name\": \"' ~ fn['name'] ~ '\", \"arguments\": ' }}"
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}{% else %}{{ fn['arguments'] | tojson }}{% endif %}{{ '}</tool_call>' }}"
+    "{% endfor %}{{ eos_token }}{% endgeneration %}{{ '\n' }}"
+    "{% elif message['role'] == 'system' and tools and loop.first %}"   # already rendered with the tools
+    "{% else %}{{ '<|' + message['role'] + '|>\n' + (message['content'] or '') + '\n' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
 

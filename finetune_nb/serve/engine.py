@@ -16,7 +16,7 @@ from .protocol import (APIError, hide_paths, ALIAS_RE, BACKEND_KEY_ENV_RE, ChatM
     ChatRequest, DeployRequest, Deleted, ModelObject, not_found, now, valid_id)
 from ..data import normalize_messages
 from ..models import load_model
-from ..infer import completion_response, completion_chunk
+from ..infer import completion_response, completion_chunk, ToolDeltas
 from .store import Store
 
 # %% auto #0
@@ -174,9 +174,14 @@ class GenRequest:
     "One chat request waiting for the inference thread."
     base:str; adapter:str|None; messages:list[dict]
     max_tokens:int=256; temperature:float=0.0; top_p:float=1.0; stop:tuple=(); seed:int|None=None
+    tools:list|None=None; tool_choice:str|dict|None=None; parallel_tool_calls:bool=True   # see `ChatRequest.tool_options`
     stream:Callable|None=None   # for streaming: called (in the inference thread) with each text delta
     future:cf.Future=field(default_factory=cf.Future)
-    def group(self): return (self.stream is not None, self.base, self.adapter, self.max_tokens, self.temperature, self.top_p, self.stop, self.seed)
+    def group(self): return (self.stream is not None, self.base, self.adapter, self.max_tokens, self.temperature, self.top_p, self.stop, self.seed,
+                             json.dumps([self.tools, self.tool_choice, self.parallel_tool_calls], sort_keys=True))
+    def tool_kwargs(self)->dict:
+        "The tool arguments of `infer.generate_chat` (none when the request offers no tools)."
+        return dict(tools=self.tools, tool_choice=self.tool_choice, parallel_tool_calls=self.parallel_tool_calls) if self.tools else {}
 
 @dataclass
 class StreamResult:
@@ -250,7 +255,7 @@ def _run(self:Batcher, reqs:list[GenRequest]):
         model,tok = self.pool.get(first.base, first.adapter)
         kw = dict(max_new_tokens=first.max_tokens, temperature=first.temperature, top_p=first.top_p, stop=list(first.stop) or None, seed=first.seed)
         if first.stream is not None: return first.future.set_result(self._run_stream(first, model, tok, kw))
-        gens = self._generate(model, tok, [req.messages for req in reqs], batch_size=len(reqs), **kw)
+        gens = self._generate(model, tok, [req.messages for req in reqs], batch_size=len(reqs), **kw, **first.tool_kwargs())
         self.stats["batches"] += 1; self.stats["batched_requests"] += len(reqs)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(reqs))
         for req,gen in zip(reqs, gens): req.future.set_result(gen)
@@ -261,7 +266,8 @@ def _run(self:Batcher, reqs:list[GenRequest]):
 
 @patch
 def _run_stream(self:Batcher, req:GenRequest, model, tok, kw:dict)->StreamResult:
-    parts,stream = [],self._stream(model, tok, req.messages, **kw)
+    tk = {k: v for k, v in req.tool_kwargs().items() if k != "parallel_tool_calls"}   # the stream's text is parsed by the caller (`infer.ToolDeltas`)
+    parts,stream = [],self._stream(model, tok, req.messages, **kw, **tk)
     for delta in stream: parts.append(delta); req.stream(delta)
     return StreamResult("".join(parts), stream.prompt_tokens, stream.completion_tokens, stream.finish_reason)
 
@@ -308,7 +314,7 @@ class Chat:
     def __init__(self, batcher:Batcher): self.batcher,self.log = batcher,get_logger("finetune_nb.serve")
 
     def gen_request(self, target:Target, req:ChatRequest, messages:list[dict], stream:Callable|None=None)->GenRequest:
-        return GenRequest(target.base, target.adapter, messages, stream=stream, **req.sampling())
+        return GenRequest(target.base, target.adapter, messages, stream=stream, **req.sampling(), **req.tool_options())
 
     async def complete(self, target:Target, req:ChatRequest)->dict:
         "A chat completion (`CreateChatCompletionResponse`)."
@@ -329,21 +335,23 @@ async def stream(self:Chat, target:Target, req:ChatRequest)->AsyncIterator[str]:
     loop,events = asyncio.get_running_loop(),asyncio.Queue()
     gen = self.gen_request(target, req, messages, stream=lambda d: loop.call_soon_threadsafe(events.put_nowait, ("delta", d)))
     self.batcher.submit(gen).add_done_callback(lambda f: loop.call_soon_threadsafe(events.put_nowait, ("done", f)))
-    return self._chunks(target.model, events, bool((req.stream_options or {}).get("include_usage")))
+    return self._chunks(target.model, events, bool((req.stream_options or {}).get("include_usage")), ToolDeltas(gen.tools, gen.tool_choice != "none", gen.parallel_tool_calls))
 
 @patch
-async def _chunks(self:Chat, model:str, events:asyncio.Queue, include_usage:bool):
-    cid,created = f"chatcmpl-{secrets.token_hex(12)}",now()
+async def _chunks(self:Chat, model:str, events:asyncio.Queue, include_usage:bool, tools:ToolDeltas|None=None):
+    cid,created,tools = f"chatcmpl-{secrets.token_hex(12)}",now(),tools or ToolDeltas()
     chunk = lambda **kw: f"data: {json.dumps(completion_chunk(cid, created, model, **kw))}\n\n"
     yield chunk(delta={"role": "assistant", "content": ""})
     while (event := await events.get())[0] == "delta":
-        if event[1]: yield chunk(delta={"content": event[1]})
+        for d in tools.feed(event[1] or ""): yield chunk(delta=d)
     if (error := event[1].exception()) is not None:
         self.log.error("stream failed: %s", error)
         yield _sse_error(f"generation failed: {type(error).__name__}")
     else:
         res = event[1].result()
-        yield chunk(delta={}, finish_reason=res.finish_reason)
+        last,reason = tools.finish(res.finish_reason)
+        for d in last: yield chunk(delta=d)
+        yield chunk(delta={}, finish_reason=reason)
         if include_usage: yield chunk(usage={"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
                                              "total_tokens": res.prompt_tokens + res.completion_tokens})
     yield "data: [DONE]\n\n"

@@ -7,14 +7,14 @@ from __future__ import annotations
 import re, secrets, time
 from typing import Any, ClassVar, Literal
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 # %% auto #0
 __all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'BACKEND_KEY_ENV_RE', 'new_id', 'valid_id', 'now', 'APIError',
            'hide_paths', 'not_found', 'APIModel', 'FileObject', 'Deleted', 'ListPage', 'JobError', 'FineTuningJob',
-           'JobEvent', 'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'ChatMessage', 'ChatRequest', 'JobRequest',
-           'SimpleJobRequest', 'DeployRequest', 'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage',
-           'InferenceReply']
+           'JobEvent', 'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'ToolCallFunction', 'ToolCall', 'FunctionDef',
+           'ToolDef', 'NamedToolChoice', 'ChatMessage', 'ChatRequest', 'JobRequest', 'SimpleJobRequest',
+           'DeployRequest', 'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage', 'InferenceReply']
 
 # %% ../../nbs/07a_protocol.ipynb #afcce831
 ID_PREFIXES = {"files": "file", "jobs": "ftjob", "events": "ftevent", "checkpoints": "ftckpt"}
@@ -152,10 +152,37 @@ class ModelObject(APIModel):
     id:str; object:Literal["model"]="model"; created:int=0; owned_by:str="finetune-nb"
 
 # %% ../../nbs/07a_protocol.ipynb #67d482cf
+class ToolCallFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(max_length=1 << 20)                # a JSON string, as OpenAI sends it
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str|None = None
+    parameters: dict[str, Any]|None = None                    # JSON Schema of the arguments
+    strict: bool|None = None
+
+class ToolDef(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: dict[str, str]                                   # {"name": ...}
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str = Field(min_length=1, max_length=32)          # system, developer, user, assistant
+    role: str = Field(min_length=1, max_length=32)          # system, developer, user, assistant, tool
     content: str|list[dict[str, Any]]|None = None            # text, or a list of content parts ({"type":"text","text":...})
+    tool_calls: list[ToolCall]|None = Field(None, max_length=128)  # an assistant's calls
+    tool_call_id: str|None = Field(None, max_length=256)     # a tool message answers this call
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -170,6 +197,31 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any]|None = None
     n: int|None = Field(1, ge=1, le=1)                       # one choice per request
     seed: int|None = Field(None, ge=-2**63, lt=2**63)
+    tools: list[ToolDef]|None = Field(None, max_length=128)  # functions the model may call
+    tool_choice: Literal["none", "auto", "required"]|NamedToolChoice|None = None
+    parallel_tool_calls: bool|None = None
+
+    @model_validator(mode="after")
+    def _tool_turns(self):
+        "As OpenAI: only assistants call tools, and a tool message answers an earlier call by its `tool_call_id`."
+        ids = set()
+        for i, m in enumerate(self.messages):
+            if m.tool_calls and m.role != "assistant": raise ValueError(f"messages[{i}].tool_calls: only assistant messages make tool calls")
+            ids |= {c.id for c in m.tool_calls or []}
+            if m.role == "tool" and m.tool_call_id not in ids:
+                raise ValueError(f"messages[{i}].tool_call_id: a tool message must answer an earlier assistant tool call by its id")
+        return self
+
+    def tool_options(self)->dict:
+        "Tool settings for the engine: tools (plain dicts), tool_choice, parallel_tool_calls; a choice the tools can't meet is a 400."
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or []] or None
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+        if isinstance(choice, dict):
+            name = choice["function"].get("name")
+            if name not in {t["function"]["name"] for t in tools or []}:
+                raise APIError(400, f"tool_choice names function {str(name)[:64]!r}, which is not in tools", param="tool_choice")
+        elif choice == "required" and not tools: raise APIError(400, 'tool_choice "required" needs tools', param="tool_choice")
+        return dict(tools=tools, tool_choice=choice, parallel_tool_calls=self.parallel_tool_calls is not False)
 
     def sampling(self)->dict:
         "Generation settings for the engine: max_tokens, temperature, top_p, stop, seed."
@@ -181,7 +233,8 @@ class ChatRequest(BaseModel):
 
     def upstream_fields(self)->dict:
         "The body fields (besides model and messages) an upstream backend gets: only those the spec defines."
-        return self.model_dump(exclude_none=True, include={"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "stream_options"})
+        return self.model_dump(exclude_none=True, include={"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "stream_options",
+                                                           "tools", "tool_choice", "parallel_tool_calls"})
 
 # %% ../../nbs/07a_protocol.ipynb #a657dbde
 class JobRequest(BaseModel):
