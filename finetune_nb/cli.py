@@ -553,7 +553,7 @@ def run_pipeline(
     pipeline:str,              # "local", "openai", or a notebook path
     params:dict|None=None,     # notebook parameters (the `parameters` cell's names)
     name:str|None=None,        # run name (default: the pipeline name)
-    runs_dir:str|Path="runs",  # parent folder of run folders
+    runs_dir:str|Path|None=None, # parent folder of run folders (default: `get_config().runs_dir`, i.e. `<data dir>/runs`)
     log_output:bool=False,     # stream the notebook's own output while it runs
     progress:bool=True,        # a line per cell (index, elapsed time) and a heartbeat while a cell runs
 )->Path:                       # the run folder
@@ -562,6 +562,7 @@ def run_pipeline(
     from papermill.engines import papermill_engines
     nb = pipeline_path(pipeline)
     name = name or (params or {}).get("name") or nb.stem.replace("finetune_", "")
+    runs_dir = runs_dir or get_config().runs_dir
     run_dir = Path(runs_dir).resolve()/name
     run_dir.mkdir(parents=True, exist_ok=True)
     ps = {**(params or {}), "name": name, "runs_dir": str(Path(runs_dir).resolve())}
@@ -620,12 +621,12 @@ def run(
     pipeline:str,              # "local", "openai", or a pipeline notebook path (`run PIPELINE --help` lists its parameters)
     p:list[str]|None=None,     # a notebook parameter (repeatable): -p epochs 2 -p name my-run
     name:str|None=None,        # run name: results in <runs-dir>/<name>/ (default: the pipeline name)
-    runs_dir:str="runs",       # parent folder of run folders
+    runs_dir:str|None=None,    # parent folder of run folders (default: `<data dir>/runs`, the one home of runs; `$FINETUNE_NB_DATA_DIR`)
     quiet:bool=False,          # don't stream the notebook's own output (the per-cell progress lines stay)
 )->int:
     "Run a papermill pipeline; print where its report is and the base vs fine-tuned numbers."
     params = {k: parse_param(v) for k, v in (p or [])}
-    run_dir = run_pipeline(pipeline, params, name or params.get("name"), runs_dir, log_output=not quiet)
+    run_dir = run_pipeline(pipeline, params, name or params.get("name"), runs_dir or get_config().runs_dir, log_output=not quiet)
     print("\n".join(headline_lines(run_dir)))
     return 0
 
@@ -638,7 +639,7 @@ def demo(
     val_frac:float=0.1,     # fraction of the training data held out for validation
     seed:int=0,             # data and split seed
     no_train:bool=False,    # stop after the pre-flight report and the split
-    runs_dir:str="runs",    # where the pipeline run goes (`<runs-dir>/demo/`)
+    runs_dir:str|None=None, # where the pipeline run goes (`<runs-dir>/demo/`; default: `<data dir>/runs`)
     eval_examples:int=100,  # held-out examples evaluated
 )->int:
     "Run the demo on the embedded tiny model: bundled data → validate → pre-flight report → split → fine-tune → evaluate."
@@ -666,7 +667,7 @@ def demo(
     ps = dict(data_path=str(ptr), val_path=str(pva), test_path=str(paths["test"]), eval_limit=eval_examples, seed=seed, method=r["method"],
               lr=r["lr"], batch_size=r["batch_size"], grad_accum=r["grad_accum"], max_steps=r["max_steps"], lr_scheduler=r["lr_scheduler"],
               warmup=r["warmup"], max_length=r["max_length"])
-    run_dir = run_pipeline("local", ps, name="demo", runs_dir=runs_dir)
+    run_dir = run_pipeline("local", ps, name="demo", runs_dir=runs_dir or get_config().runs_dir)
     print("\n".join(headline_lines(run_dir)))
     return 0
 

@@ -1,6 +1,6 @@
 """Installs anywhere: the pipelines ship inside the package, the runtime requirements are what the library imports (the notebook
 toolchain is in the `dev`/`docs` extras), and a wheel installed into a fresh venv runs `finetune-nb demo` from any directory."""
-import os, re, subprocess, sys, zipfile
+import json, os, re, subprocess, sys, zipfile
 from pathlib import Path
 
 import pytest
@@ -85,6 +85,8 @@ def test_wheel_in_fresh_venv_runs_demo(wheel, tmp_path):
     r = subprocess.run([str(venv/"bin"/"finetune-nb"), "demo", "--eval-examples", "20"], cwd=work, capture_output=True, text=True,
                        env=env, timeout=3000)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
-    run_dir = work/"runs"/"demo"
+    run_dir = tmp_path/"data"/"runs"/"demo"                    # the one home of runs: <data dir>/runs
     assert (run_dir/"report.md").read_text().startswith("#") and f"report:  {run_dir/'report.md'}" in r.stdout
-    assert not list(work.glob("kernel-ipc*"))
+    assert f"run folder: {run_dir}" in r.stdout and "cell 10/" in r.stdout   # progress named the folder and the cells
+    assert json.loads((run_dir/"metrics.json").read_text())["n_test"] == 20
+    assert os.listdir(work) == []                               # nothing written where the command was run
