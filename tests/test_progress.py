@@ -36,6 +36,8 @@ def test_run_shows_progress_every_10s(tmp_path, ux_base_model):
     # the executed notebook keeps its plots inline: the token histogram and the report's figures
     pngs = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(set(pngs)) >= 2 and len(pngs) >= 3, pngs
+    widgets = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not widgets                                                             # no stale progress-bar widgets saved
     assert not [f for f in os.listdir(tmp_path) if f.startswith("kernel")]      # no stray kernel socket files in the cwd
 
 
