@@ -1,6 +1,6 @@
 """Installs anywhere: the pipelines ship inside the package, the runtime requirements are what the library imports (the notebook
 toolchain is in the `dev`/`docs` extras), and a wheel installed into a fresh venv runs `finetune-nb demo` from any directory."""
-import json, os, re, subprocess, sys, zipfile
+import json, os, re, subprocess, sys, time, zipfile
 from pathlib import Path
 
 import pytest
@@ -72,19 +72,24 @@ def test_package_copies_match_the_pipeline_notebooks():
     assert pipeline_path("local") == PIPELINES_DIR/"finetune_local.ipynb" and PIPELINES_DIR.parent.name == "finetune_nb"
 
 
-@pytest.mark.slow   # a fresh venv (torch + the runtime set, ~2-4 min) and the demo (~3-12 min on 2 cores)
+@pytest.mark.slow   # a fresh venv (torch + the runtime set: 3-10 min) and the demo (3-12 min on 2 cores), so past pytest.ini's 900 s
+@pytest.mark.timeout(3600)
 def test_wheel_in_fresh_venv_runs_demo(wheel, tmp_path):
     venv = tmp_path/"venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, env = venv/"bin"/"python", {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_NB_")}
     env["FINETUNE_NB_DATA_DIR"] = str(tmp_path/"data")
     for args in (["torch==2.13.0"], [str(wheel)]):   # torch pinned first (from the local wheel dir pip already uses)
+        t = time.time()
         r = subprocess.run([str(py), "-m", "pip", "install", "-q", *args], capture_output=True, text=True, env=env, timeout=1800)
         assert r.returncode == 0, r.stderr[-3000:]
+        print(f"pip install {args[0]}: {time.time() - t:.0f}s")
     work = tmp_path/"elsewhere"; work.mkdir()
+    t = time.time()
     r = subprocess.run([str(venv/"bin"/"finetune-nb"), "demo", "--eval-examples", "20"], cwd=work, capture_output=True, text=True,
                        env=env, timeout=3000)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    print(f"finetune-nb demo --eval-examples 20: {time.time() - t:.0f}s\n" + r.stdout[-1500:])
     run_dir = tmp_path/"data"/"runs"/"demo"                    # the one home of runs: <data dir>/runs
     assert (run_dir/"report.md").read_text().startswith("#") and f"report:  {run_dir/'report.md'}" in r.stdout
     assert f"run folder: {run_dir}" in r.stdout and "cell 10/" in r.stdout   # progress named the folder and the cells
