@@ -13,8 +13,8 @@ from .core import FinetuneNBError, ConfigError, DataError, get_config
 # %% auto #0
 __all__ = ['COMMANDS', 'FORMAT', 'METHOD', 'PIPELINES_DIR', 'PIPELINES', 'command', 'make_parser', 'emit_json', 'json_mode',
            'UsageError', 'main', 'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split', 'dedupe',
-           'train', 'eval_', 'migrate', 'archive', 'jobs', 'env_info', 'parse_param', 'pipeline_path', 'run_pipeline',
-           'headline_lines', 'run', 'demo', 'serve']
+           'train', 'eval_', 'migrate', 'archive', 'jobs', 'env_info', 'parse_param', 'pipeline_path',
+           'pipeline_params', 'Progress', 'run_pipeline', 'headline_lines', 'run', 'demo', 'serve']
 
 # %% ../nbs/10_cli.ipynb #1d6c54a9
 COMMANDS:dict = {}  # name -> (function, extra argparse kwargs per parameter)
@@ -411,7 +411,7 @@ def jobs(
     return 0
 
 # %% ../nbs/10_cli.ipynb #21c33567
-PIPELINES_DIR = Path(__file__).resolve().parent.parent/"nbs"/"pipelines" if "__file__" in globals() else Path("pipelines").resolve()
+PIPELINES_DIR = Path(__file__).resolve().parent/"pipelines" if "__file__" in globals() else Path("../finetune_nb/pipelines").resolve()
 PIPELINES = {"local": "finetune_local.ipynb", "openai": "finetune_openai.ipynb", "migrate": "migrate.ipynb"}
 
 def env_info()->dict:
@@ -440,41 +440,162 @@ def parse_param(
 def pipeline_path(
     pipeline:str, # "local", "openai", or a notebook path
 )->Path:
-    "The notebook for a pipeline name or path."
+    "The notebook for a pipeline name or path (the named pipelines ship inside the package)."
     p = PIPELINES_DIR/PIPELINES[pipeline] if pipeline in PIPELINES else Path(pipeline)
     if not p.is_file(): raise UsageError(f"no pipeline {pipeline!r} ({p} not found)", hint=f"use one of {', '.join(PIPELINES)} or a notebook path")
     return p
 
-def _kernel_manager():
-    "A kernel manager on local (IPC) sockets where the OS has them: nothing listens on TCP, and ipykernel has no plain-text warning to print."
+def pipeline_params(
+    pipeline:str, # "local", "openai", or a notebook path
+)->dict:          # name -> {"default": source text, "type": inferred type, "help": the comment}
+    "The parameters a pipeline notebook takes: its `parameters` cell's names, defaults and comments."
+    import papermill as pm
+    return {k: {"default": v["default"], "type": v["inferred_type_name"], "help": v["help"]}
+            for k, v in pm.inspect_notebook(str(pipeline_path(pipeline))).items()}
+
+# %% ../nbs/10_cli.ipynb #eb47d17c
+import time
+from .core import atomic_write_json
+def _kernel_manager(
+    sock_dir:str|Path, # folder for the kernel's socket files (not the working directory)
+):
+    "A kernel manager on local (IPC) sockets where the OS has them: nothing listens on TCP, no plain-text warning, no stray files."
     if os.name != "posix": return {}
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
-    class IPCKernelManager(AsyncKernelManager): transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+    from traitlets import CaselessStrEnum, Unicode
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+        ip = Unicode(str(Path(sock_dir)/"kernel"), config=True)
     return {"kernel_manager_class": IPCKernelManager}
+
+class Progress:
+    "Timestamped progress lines on stdout (and appended to a log file), with a heartbeat while one step runs long."
+    def __init__(self,
+        log:Path|None=None,     # also append every line here (`tail -f` it from another terminal)
+        every:float=5.0,        # a heartbeat line after this many seconds without one
+        out=None,               # where lines go (default: `sys.stdout` at the time of writing)
+    ):
+        import threading
+        self.log, self.every, self.out, self.t0 = log, every, out, time.time()
+        self.step, self.step_t0, self.last_step, self.last = None, None, None, time.time()
+        self._lock, self._stop, self._thread = threading.Lock(), threading.Event(), None
+
+    def line(self, msg:str):
+        "Print `msg` with the elapsed time since the start."
+        el = time.time() - self.t0
+        s = f"[{int(el//60):02d}:{int(el%60):02d}] {msg}"
+        with self._lock:
+            print(s, file=self.out or sys.stdout, flush=True)
+            if self.log:
+                with open(self.log, "a") as f: f.write(s + "\n")
+            self.last = time.time()
+
+    def start(self, step:str):
+        "A step begins: say so; the heartbeat names it until the next step."
+        self.step, self.step_t0, self.last_step = step, time.time(), step
+        self.line(step)
+
+    def _beat(self):
+        while not self._stop.wait(min(1.0, self.every)):
+            if self.step and time.time() - self.last >= self.every:
+                self.line(f"  ... {self.step.split(':')[0]} still running ({time.time() - self.step_t0:.0f}s)")
+
+    def __enter__(self):
+        import threading
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="finetune-nb-progress")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread: self._thread.join(timeout=2)
+
+def _progress_engine(progress:Progress):
+    "A papermill engine that reports each cell (index, first line, elapsed time) to `progress`."
+    from papermill.engines import NBClientEngine, NotebookExecutionManager
+    class _Manager(NotebookExecutionManager):
+        def cell_start(self, cell, cell_index=None, **kw):
+            if cell.cell_type != "code": return super().cell_start(cell, cell_index, **kw)
+            n = len(self.nb.cells)
+            first = next((l for l in cell.source.splitlines() if l.strip() and not l.startswith("#|")), "")[:70]
+            progress.start(f"cell {cell_index + 1}/{n}: {first}")
+            return super().cell_start(cell, cell_index, **kw)
+        def cell_complete(self, cell, cell_index=None, **kw):
+            if cell.cell_type != "code": return super().cell_complete(cell, cell_index, **kw)
+            progress.line(f"cell {cell_index + 1} done in {time.time() - progress.step_t0:.1f}s")
+            progress.step = None
+            return super().cell_complete(cell, cell_index, **kw)
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=False, log_output=False, autosave_cell_every=30, **kw):
+            nb_man = _Manager(nb, output_path=output_path, progress_bar=False, log_output=log_output, autosave_cell_every=autosave_cell_every)
+            nb_man.notebook_start()
+            try: cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kw)
+            finally: nb_man.notebook_complete()
+            return nb_man.nb
+    return ProgressEngine
+
+def _offline_unless_cached(
+    params:dict, # pipeline parameters; `base_model` is checked
+)->dict:         # extra environment variables for the kernel
+    "`HF_HUB_OFFLINE=1` when `base_model` is neither a local folder, a tiny model nor in the Hugging Face cache: a wrong name fails at once, not after retries."
+    m = params.get("base_model")
+    if not m or os.environ.get("HF_HUB_OFFLINE") is not None or Path(str(m)).is_dir(): return {}
+    from finetune_nb.tiny import TINY_MODELS
+    if m in TINY_MODELS: return {}
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        if isinstance(try_to_load_from_cache(str(m), "config.json"), str): return {}
+    except Exception: pass
+    return {"HF_HUB_OFFLINE": "1"}
 
 def run_pipeline(
     pipeline:str,              # "local", "openai", or a notebook path
     params:dict|None=None,     # notebook parameters (the `parameters` cell's names)
     name:str|None=None,        # run name (default: the pipeline name)
-    runs_dir:str|Path="runs",  # parent folder of run folders
-    log_output:bool=False,     # stream the notebook's output while it runs
+    runs_dir:str|Path|None=None, # parent folder of run folders (default: `get_config().runs_dir`, i.e. `<data dir>/runs`)
+    log_output:bool=False,     # stream the notebook's own output while it runs
+    progress:bool=True,        # a line per cell (index, elapsed time) and a heartbeat while a cell runs
 )->Path:                       # the run folder
-    "Execute a pipeline notebook with papermill into `runs_dir/name/`."
-    import papermill as pm
+    "Execute a pipeline notebook with papermill into `runs_dir/name/`; on Ctrl-C the partial run is marked interrupted."
+    import papermill as pm, tempfile, shutil
+    from papermill.engines import papermill_engines
     nb = pipeline_path(pipeline)
     name = name or (params or {}).get("name") or nb.stem.replace("finetune_", "")
+    runs_dir = runs_dir or get_config().runs_dir
     run_dir = Path(runs_dir).resolve()/name
     run_dir.mkdir(parents=True, exist_ok=True)
     ps = {**(params or {}), "name": name, "runs_dir": str(Path(runs_dir).resolve())}
-    out = run_dir/nb.name
-    try: pm.execute_notebook(str(nb), str(out), parameters=ps, kernel_name="python3", progress_bar=False,
-                             log_output=log_output, cwd=str(Path.cwd()), **_kernel_manager())
+    out, plog, status = run_dir/nb.name, run_dir/"progress.log", run_dir/"status.json"
+    plog.write_text("")
+    atomic_write_json(status, {"status": "running", "pipeline": nb.name, "started": time.time()})
+    pr = Progress(plog, out=None if progress else open(os.devnull, "w"))
+    pr.line(f"run folder: {run_dir}  (follow it: tail -f {plog}; the notebook {out.name} is saved as cells finish)")
+    papermill_engines.register("finetune_nb", _progress_engine(pr))
+    sock_dir = tempfile.mkdtemp(prefix="finetune-nb-kernel-")
+    extra = _offline_unless_cached(ps)
+    env_before = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        with pr: pm.execute_notebook(str(nb), str(out), parameters=ps, kernel_name="python3", progress_bar=False, engine_name="finetune_nb",
+                                     stdout_file=sys.stdout if log_output else None, stderr_file=sys.stderr if log_output else None,
+                                     cwd=str(Path.cwd()), **_kernel_manager(sock_dir))
     except pm.PapermillExecutionError as e:
+        atomic_write_json(status, {"status": "failed", "pipeline": nb.name, "cell": e.exec_count, "error": f"{e.ename}: {e.evalue}"[:2000]})
         raise FinetuneNBError(f"pipeline {nb.name} failed in cell {e.exec_count}: {e.ename}: {' '.join(str(e.evalue).split())[:300]}",
                               hint=f"open {out} to see the failing cell") from None
+    except KeyboardInterrupt:
+        atomic_write_json(status, {"status": "interrupted", "pipeline": nb.name, "step": pr.last_step})
+        raise KeyboardInterrupt(f"run {run_dir} interrupted (marked in {status.name})") from None
+    finally:
+        for k, v in env_before.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    atomic_write_json(status, {"status": "succeeded", "pipeline": nb.name, "seconds": round(time.time() - pr.t0, 1)})
     return run_dir
 
+# %% ../nbs/10_cli.ipynb #d2d56056
 def headline_lines(
     run_dir:Path, # a run folder
 )->list[str]:
@@ -484,17 +605,28 @@ def headline_lines(
     out += [f"  {k:20s} base {v['base']:.3f}  →  fine-tuned {v['fine_tuned']:.3f}" for k, v in m.get("headline", {}).items()]
     return out
 
-@command(p=dict(flags=["-p", "--param"], nargs=2, action="append", metavar=("KEY", "VALUE")))
+class _PipelineArg(argparse.Action):
+    "The `run` command's PIPELINE argument: once known, `--help` also lists that notebook's parameters."
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, value)
+        try: ps = pipeline_params(value)
+        except Exception: return
+        w = max([len(k) for k in ps] + [4])
+        lines = [f"parameters of {pipeline_path(value).name} (set with -p NAME VALUE):"]
+        lines += [f"  {k:<{w}}  {v['default']:<22} {v['help']}".rstrip() for k, v in ps.items()]
+        parser.epilog, parser.formatter_class = "\n".join(lines), argparse.RawDescriptionHelpFormatter
+
+@command(p=dict(flags=["-p", "--param"], nargs=2, action="append", metavar=("KEY", "VALUE")), pipeline=dict(action=_PipelineArg))
 def run(
-    pipeline:str,              # "local", "openai", or a pipeline notebook path
+    pipeline:str,              # "local", "openai", or a pipeline notebook path (`run PIPELINE --help` lists its parameters)
     p:list[str]|None=None,     # a notebook parameter (repeatable): -p epochs 2 -p name my-run
     name:str|None=None,        # run name: results in <runs-dir>/<name>/ (default: the pipeline name)
-    runs_dir:str="runs",       # parent folder of run folders
-    quiet:bool=False,          # don't stream the notebook's output
+    runs_dir:str|None=None,    # parent folder of run folders (default: `<data dir>/runs`, the one home of runs; `$FINETUNE_NB_DATA_DIR`)
+    quiet:bool=False,          # don't stream the notebook's own output (the per-cell progress lines stay)
 )->int:
     "Run a papermill pipeline; print where its report is and the base vs fine-tuned numbers."
     params = {k: parse_param(v) for k, v in (p or [])}
-    run_dir = run_pipeline(pipeline, params, name or params.get("name"), runs_dir, log_output=not quiet)
+    run_dir = run_pipeline(pipeline, params, name or params.get("name"), runs_dir or get_config().runs_dir, log_output=not quiet)
     print("\n".join(headline_lines(run_dir)))
     return 0
 
@@ -507,7 +639,7 @@ def demo(
     val_frac:float=0.1,     # fraction of the training data held out for validation
     seed:int=0,             # data and split seed
     no_train:bool=False,    # stop after the pre-flight report and the split
-    runs_dir:str="runs",    # where the pipeline run goes (`<runs-dir>/demo/`)
+    runs_dir:str|None=None, # where the pipeline run goes (`<runs-dir>/demo/`; default: `<data dir>/runs`)
     eval_examples:int=100,  # held-out examples evaluated
 )->int:
     "Run the demo on the embedded tiny model: bundled data → validate → pre-flight report → split → fine-tune → evaluate."
@@ -523,12 +655,19 @@ def demo(
     print(f"\nsplit (seed {seed}): train {len(tr)} → {ptr}\n                  val   {len(va)} → {pva}\ntest set: {paths['test']}")
     if no_train: return 0
     from finetune_nb.demo import demo_recipe
+    from finetune_nb.tiny import TINY_MODEL, tiny_model_dir, ensure_tiny
+    if not (tiny_model_dir(TINY_MODEL)/"model.safetensors").exists():
+        with Progress(every=5) as pr:
+            pr.start(f"building the embedded tiny model into {tiny_model_dir(TINY_MODEL)} (first use only)")
+            ensure_tiny(TINY_MODEL, progress=False)
+            pr.line("tiny model built")
     r = demo_recipe()["training"]
     print(f"\nfine-tuning the tiny model with the demo recipe ({r['method']}, {r['max_steps']} steps, lr {r['lr']}; "
-          f"pipeline nbs/pipelines/finetune_local.ipynb) ...", flush=True)
-    ps = dict(n_train=n_train, n_test=n_test, eval_limit=eval_examples, seed=seed, method=r["method"], lr=r["lr"], batch_size=r["batch_size"],
-              grad_accum=r["grad_accum"], max_steps=r["max_steps"], lr_scheduler=r["lr_scheduler"], warmup=r["warmup"], max_length=r["max_length"])
-    run_dir = run_pipeline("local", ps, name="demo", runs_dir=runs_dir)
+          f"pipeline {pipeline_path('local')}) on {ptr} ...", flush=True)
+    ps = dict(data_path=str(ptr), val_path=str(pva), test_path=str(paths["test"]), eval_limit=eval_examples, seed=seed, method=r["method"],
+              lr=r["lr"], batch_size=r["batch_size"], grad_accum=r["grad_accum"], max_steps=r["max_steps"], lr_scheduler=r["lr_scheduler"],
+              warmup=r["warmup"], max_length=r["max_length"])
+    run_dir = run_pipeline("local", ps, name="demo", runs_dir=runs_dir or get_config().runs_dir)
     print("\n".join(headline_lines(run_dir)))
     return 0
 

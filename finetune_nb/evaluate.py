@@ -59,8 +59,9 @@ def word_overlap(expected:str, actual:str)->float:
     return len(e & a)/len(e) if e else 1.0
 
 def length_ratio(expected:str, actual:str)->float:
-    "len(reply) / len(expected) in characters, stripped (expected of length 0 counts as 1). Not a score."
-    return len(str(actual).strip()) / max(len(str(expected).strip()), 1)
+    "How close the reply is to the expected length, in stripped characters: min(r, 1/r) for r = len(reply)/len(expected); 1 = same length, 0.5 = twice or half as long."
+    e, a = len(str(expected).strip()), len(str(actual).strip())
+    return 1.0 if e == a else min(e, a) / max(e, a)
 
 # %% ../nbs/06_evaluate.ipynb #537a8eb9
 def parse_json(text:str)->tuple[bool, Any]:

@@ -10,8 +10,8 @@ import ipywidgets as W
 from .core import ConfigError, FinetuneNBError, get_logger
 
 # %% auto #0
-__all__ = ['fig_png', 'messages_html', 'DatasetBrowser', 'LossCurve', 'metric_points', 'JobMonitor', 'compare_rows',
-           'CompareView']
+__all__ = ['fig_png', 'messages_html', 'DatasetBrowser', 'LossCurve', 'metric_points', 'JobMonitor', 'RunMonitor', 'load_results',
+           'compare_rows', 'CompareView']
 
 # %% ../nbs/08_widgets.ipynb #ee1b12b0
 _log = get_logger("finetune_nb.widgets")
@@ -100,8 +100,19 @@ class DatasetBrowser(W.VBox):
         self.prev_btn.on_click(lambda _: self.prev()); self.next_btn.on_click(lambda _: self.next())
         super().__init__([self.header, W.HBox([self.kind, self.prev_btn, self.page_label, self.next_btn]), self.body, self.histogram])
         self.token_counts = self._count_tokens()
-        if self.token_counts: self.histogram.value = fig_png(lambda ax: self._hist(ax), figsize=(6, 2.6))
         self._summary(); self.set_filter("all")
+        # the histogram (most of the start-up time) is drawn in the background: the first page shows at once
+        self._hist_thread = threading.Thread(target=self._draw_histogram, daemon=True, name="finetune_nb-browser-histogram")
+        self._hist_thread.start()
+
+    def _draw_histogram(self):
+        try:
+            if self.token_counts: self.histogram.value = fig_png(lambda ax: self._hist(ax), figsize=(6, 2.6))
+        except Exception as e: _log.warning("token histogram not drawn: %s", e)
+
+    def wait(self, timeout:float=60)->DatasetBrowser:
+        "Wait until the histogram is drawn (for scripts and tests; a notebook just shows it when ready)."
+        self._hist_thread.join(timeout); return self
 
     def _count_tokens(self)->list[int]:
         from finetune_nb.data import TokenCounter
@@ -221,19 +232,25 @@ class JobMonitor(W.VBox):
         api_key:str|None=None,       # default `$OPENAI_API_KEY`
         poll_interval:float=5.0,     # seconds between polls in `start()`
         max_events:int=8,            # events shown
+        timeout:float=5.0,           # seconds per request when we build the tuner (no retries: the next poll is the retry)
     ):
         if tuner is None:
             from finetune_nb.openai_ft import OpenAIFineTuner
-            tuner = OpenAIFineTuner(base_url=base_url, api_key=api_key)
+            tuner = OpenAIFineTuner(base_url=base_url, api_key=api_key, timeout=timeout, sdk_retries=0, retries=0)
         self.tuner, self.job_id, self.poll_interval, self.max_events = tuner, str(job), poll_interval, max_events
         self.job, self.events, self.error = None, [], None
         self.status, self.event_log = W.HTML(), W.HTML()
         self.curve = LossCurve(title=f"{self.job_id}: training loss")
         self.cancel_btn = W.Button(description="Cancel job", button_style="danger", icon="stop")
         self.refresh_btn = W.Button(description="Refresh", icon="refresh")
-        self.cancel_btn.on_click(lambda _: self.cancel()); self.refresh_btn.on_click(lambda _: self.refresh())
-        self._stop, self._thread = threading.Event(), None
+        self.cancel_btn.on_click(lambda _: self._in_background(self.cancel)); self.refresh_btn.on_click(lambda _: self._in_background(self.refresh))
+        self._stop, self._thread, self.pending = threading.Event(), None, None   # pending: the last button click's thread
         super().__init__([self.status, W.HBox([self.refresh_btn, self.cancel_btn]), self.curve, self.event_log])
+
+    def _in_background(self, f):
+        "Run a button's action in a thread, so a slow or dead server never blocks the notebook."
+        self.pending = threading.Thread(target=f, daemon=True, name=f"finetune_nb-monitor-{self.job_id}-click"); self.pending.start()
+        return self.pending
 
     def refresh(self):
         "Poll the job and its events once and redraw; API errors are shown, not raised."
@@ -284,10 +301,79 @@ class JobMonitor(W.VBox):
         self._stop.set()
         if self._thread: self._thread.join(timeout=10)
 
+# %% ../nbs/08_widgets.ipynb #8c0a1d8a
+class RunMonitor(W.VBox):
+    "Status, progress lines and (when done) headline numbers of a local pipeline run folder (`finetune-nb run`/`demo`); never blocks."
+    def __init__(self,
+        run_dir,                    # the run folder (`runs/<name>`): its status.json, progress.log and metrics.json are read
+        poll_interval:float=2.0,    # seconds between reads in `start()`
+        max_lines:int=12,           # progress lines shown
+    ):
+        self.run_dir, self.poll_interval, self.max_lines = Path(run_dir), poll_interval, max_lines
+        self.state, self.lines, self.headline = {}, [], {}
+        self.status, self.progress = W.HTML(), W.HTML()
+        self.refresh_btn = W.Button(description="Refresh", icon="refresh")
+        self.refresh_btn.on_click(lambda _: self.refresh())
+        self._stop, self._thread = threading.Event(), None
+        super().__init__([self.status, self.refresh_btn, self.progress])
+        self.refresh()
+
+    def refresh(self)->dict:
+        "Read the folder once and redraw (local files: no network, nothing to wait for)."
+        def read_json(p):
+            try: return json.loads(p.read_text())
+            except (OSError, ValueError): return {}
+        self.state = read_json(self.run_dir/"status.json")
+        try: self.lines = (self.run_dir/"progress.log").read_text().splitlines()[-self.max_lines:]
+        except OSError: self.lines = []
+        self.headline = read_json(self.run_dir/"metrics.json").get("headline", {})
+        st = self.state.get("status", "not started")
+        color = {"succeeded": "#2a7a2a", "failed": "#a00", "interrupted": "#a60"}.get(st, "#1f5fa6")
+        self.status.value = (f"<b>{_esc(self.run_dir)}</b>: <b style='color:{color}'>{_esc(st)}</b>"
+                             + (f"<div style='color:#a00'>{_esc(self.state['error'])}</div>" if self.state.get("error") else "")
+                             + "".join(f"<div>{_esc(k)}: base {v['base']:.3f} → fine-tuned {v['fine_tuned']:.3f}</div>" for k, v in self.headline.items()))
+        self.progress.value = "<pre style='font-size:85%'>" + _esc("\n".join(self.lines)) + "</pre>"
+        return self.state
+
+    @property
+    def done(self)->bool: return self.state.get("status") in ("succeeded", "failed", "interrupted")
+
+    def start(self):
+        "Re-read every `poll_interval` seconds in a background thread until the run ends or `stop()`."
+        if self._thread and self._thread.is_alive(): return self
+        self._stop.clear()
+        def loop():
+            while not self._stop.is_set():
+                self.refresh()
+                if self.done: break
+                self._stop.wait(self.poll_interval)
+        self._thread = threading.Thread(target=loop, daemon=True, name=f"finetune_nb-run-{self.run_dir.name}"); self._thread.start()
+        return self
+
+    def stop(self):
+        "Stop re-reading."
+        self._stop.set()
+        if self._thread: self._thread.join(timeout=10)
+
 # %% ../nbs/08_widgets.ipynb #716c379b
 def _prompt_text(p)->str:
     if isinstance(p, str): return p
     return "\n".join(f"[{m.get('role')}] {m.get('content')}" for m in p if m.get("role") != "system") if p else ""
+
+def load_results(
+    source, # a run folder (with results.jsonl, maybe metrics.json), a results.jsonl path, or results themselves
+)->tuple[list, dict|None]: # (results, the run's evaluation summary when its folder has one)
+    "Results for `CompareView` from where runs and `write_report` leave them."
+    if not isinstance(source, (str, Path)): return source, None
+    p = Path(source)
+    f = p/"results.jsonl" if p.is_dir() else p
+    if not f.is_file(): raise ConfigError(f"no evaluation results at {f}", hint="pass a run folder, a results.jsonl or a list of results")
+    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    m = f.parent/"metrics.json"
+    summary = json.loads(m.read_text()).get("summary") if m.is_file() else None
+    return rows, summary if isinstance(summary, dict) and "overall" in summary else None
+
+def _saved_comparison(d:dict)->bool: return isinstance(d.get("base"), dict) and "actual" in d["base"] and isinstance(d.get("fine_tuned"), dict)
 
 def compare_rows(
     results, # `Comparison`s from `FineTuneEvaluator`, or dicts with prompt/input, expected, base, fine_tuned
@@ -303,6 +389,12 @@ def compare_rows(
                              fine_tuned_score=r.fine_tuned.score, error=r.base.error or r.fine_tuned.error))
             continue
         d = dict(r)
+        if _saved_comparison(d):   # a line of results.jsonl: a `Comparison` as a dict
+            b, f = d["base"], d["fine_tuned"]
+            rows.append(dict(prompt=_prompt_text(b.get("input")), expected=b.get("expected", ""), base=b.get("actual", ""), fine_tuned=f.get("actual", ""),
+                             base_metrics=b.get("metrics") or {}, fine_tuned_metrics=f.get("metrics") or {}, base_score=b.get("score"),
+                             fine_tuned_score=f.get("score"), error=b.get("error") or f.get("error")))
+            continue
         prompt, exp = d.get("prompt", d.get("input", "")), str(d.get("expected", ""))
         if "base_metrics" not in d or "fine_tuned_metrics" not in d:
             fns = fns or E.resolve_metrics(metrics)
@@ -317,11 +409,12 @@ class CompareView(W.VBox):
     "Prompt, expected, base and fine-tuned replies side by side, with metrics; filter by who did better."
     FILTERS = ("all", "fine-tuned better", "base better", "same", "errors")
     def __init__(self,
-        results,               # see `compare_rows`
-        summary:dict|None=None,# `FineTuneEvaluator.summary()` for the aggregate table (default: means here)
+        results,               # a run folder, a results.jsonl path, or results (see `compare_rows`)
+        summary:dict|None=None,# `FineTuneEvaluator.summary()` for the aggregate table (default: the run's, else means here)
         metrics=None,          # metrics for dict rows without scores
     ):
-        self.rows, self.summary, self.i = compare_rows(results, metrics), summary, 0
+        results, found = load_results(results)
+        self.rows, self.summary, self.i = compare_rows(results, metrics), summary or found, 0
         self.filter = W.Dropdown(options=[(f"{f} ({len(self._match(f))})", f) for f in self.FILTERS], value="all", description="show")
         self.prev_btn, self.next_btn = W.Button(description="◀ prev", layout=W.Layout(width="80px")), W.Button(description="next ▶", layout=W.Layout(width="80px"))
         self.pos, self.body, self.table = W.Label(), W.HTML(), W.HTML()

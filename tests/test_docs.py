@@ -185,3 +185,16 @@ def test_api_reference_shows_docments(site):
     text = cdp.eval("document.querySelector('article').innerText")
     assert "def validate(" in text and "print the report as JSON" in text   # the docment of --json
     assert "Check a fine-tuning data file and report every problem" in text   # the docstring
+
+
+def test_getting_started_page(site):
+    "Right after Home in the navigation: the three installs, the demo, where outputs go; its links resolve."
+    cdp, base, nav = site["cdp"], site["base"], site["nav"]
+    assert nav["start"] == "getting_started.md"
+    assert cdp.goto(base) == []
+    links = cdp.eval("[...document.querySelectorAll('nav a[href]')].map(a => a.href)")
+    assert _url(base, nav["start"]) in links
+    assert cdp.goto(_url(base, nav["start"])) == []
+    text = cdp.eval("document.querySelector('article').innerText")
+    for s in ("pip install", "Colab", "make install", "finetune-nb demo", "<data dir>/runs/<name>/", "progress.log", "status.json"):
+        assert s in text, s

@@ -41,7 +41,7 @@ def test_browser_pages_and_filters(messy_file):
     assert labels["errors"] == "with errors (3)" and labels["unrecognized_role"] == "unrecognized_role (1)"
     b.set_filter("all"); b.goto(99)
     assert b.page == 2                                         # clamped
-    assert b.histogram.value[:4] == PNG and len(b.token_counts) == 12   # 3 bad lines excluded from the histogram
+    assert b.wait().histogram.value[:4] == PNG and len(b.token_counts) == 12   # 3 bad lines excluded from the histogram
 
 
 def test_browser_in_memory_and_alpaca(tmp_path):
@@ -96,7 +96,7 @@ def test_job_monitor_cancel_button(tuner, fake_openai):
     job = _job(tuner)
     m = JobMonitor(job.job_id, tuner)
     m.refresh()
-    m.cancel_btn.click()
+    m.cancel_btn.click(); m.pending.join(timeout=30)                # the click runs in the background: the notebook never waits
     assert m.job.status == "cancelled" and m.cancel_btn.disabled
     assert fake_openai.jobs[job.job_id]["obj"]["status"] == "cancelled"
 

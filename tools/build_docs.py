@@ -141,6 +141,8 @@ def write_site_sources()->dict:
     found, nav = discover(), {"home": None, "chapters": [], "pipelines": [], "api": []}
     for p in found["home"]:
         copy_notebook(nb_info(p)["nb"], SRC/"index.ipynb"); nav["home"] = "index.ipynb"
+    if (NBS/"getting_started.md").exists():   # install (pip / Colab / clone), the demo, where outputs go
+        shutil.copyfile(NBS/"getting_started.md", SRC/"getting_started.md"); nav["start"] = "getting_started.md"
     for p in found["chapters"]:
         info = nb_info(p)
         copy_notebook(info["nb"], SRC/p.name)
@@ -163,6 +165,7 @@ def write_site_sources()->dict:
            "markdown_extensions: [admonition, tables, toc, pymdownx.highlight, pymdownx.superfences]",
            "nav:"]
     if nav["home"]: cfg.append(f"  - Home: {nav['home']}")
+    if nav.get("start"): cfg.append(f"  - Getting started: {nav['start']}")
     for sec, key in (("Chapters", "chapters"), ("Pipelines", "pipelines"), ("API reference", "api")):
         if nav[key]:
             cfg.append(f"  - {sec}:")
