@@ -203,3 +203,40 @@ def test_prompt_must_fit_the_context(team):
 def _tiny_file()->bytes:
     rec = lambda i: {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
     return "".join(json.dumps(rec(i)) + "\n" for i in range(10)).encode()
+
+
+def _fake_checkpoint(ck:Path, whole:bool=True):
+    "A checkpoint directory as the trainer leaves it, or (`whole=False`) as a crash mid-save leaves it."
+    ck.mkdir(parents=True)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    body = len(header).to_bytes(8, "little") + header + b"\0" * 8
+    (ck/"adapter_model.safetensors").write_bytes(body if whole else body[:-4])
+    if whole: (ck/"trainer_state.json").write_text(json.dumps({"global_step": int(ck.name.split("-")[1])}))
+
+
+def test_a_restart_keeps_only_what_is_whole(start_server, tmp_path, serve_base_model):
+    "Hole 11: partial uploads are removed at start, a job resumes from its newest intact checkpoint, listed checkpoints exist."
+    from finetune_nb.serve import Store, owner_of_key
+    from finetune_nb.serve.protocol import Checkpoint, CheckpointMetrics, FineTuningJob
+    state, who = tmp_path/"serve-crash", owner_of_key(KEY_A)
+    (state/"files").mkdir(parents=True)
+    (state/"files"/".pending-file-aaaa").write_bytes(b"half an upload"); (state/"files"/"..pending-file-bbbb.x1y2.tmp").write_bytes(b"half")
+    st, jobs = Store(state/"state.db"), {}
+    for status in ("running", "succeeded"):
+        jid = f"ftjob-{status[:4]}" + "0" * 20
+        jobs[status] = jid
+        st.insert("jobs", FineTuningJob(id=jid, created_at=1, model=serve_base_model, status=status, training_file="file-" + "0" * 24,
+                                         hyperparameters={}, seed=1).dump(), owner=who, internal={"base": serve_base_model, "hyperparameters": {}})
+    _fake_checkpoint(state/"jobs"/jobs["running"]/"checkpoint-2"); _fake_checkpoint(state/"jobs"/jobs["running"]/"checkpoint-4", whole=False)
+    _fake_checkpoint(state/"jobs"/jobs["succeeded"]/"checkpoint-3")
+    for step in (1, 3):   # step 1 was rotated away by the trainer
+        st.insert("checkpoints", Checkpoint(id=f"ftckpt-{step}" + "0" * 23, created_at=1, fine_tuning_job_id=jobs["succeeded"], step_number=step,
+                                            fine_tuned_model_checkpoint=f"ft:x:y:{jobs['succeeded']}:ckpt-step-{step}", metrics=CheckpointMetrics()).dump(),
+                  parent=jobs["succeeded"], internal={"path": str(state/"jobs"/jobs["succeeded"]/f"checkpoint-{step}"), "base": serve_base_model})
+    st.close()
+    srv = start_server("crash", api_keys=KEYS, state_dir=state)
+    assert [p.name for p in (state/"files").iterdir() if p.name.startswith(".")] == []
+    c = srv.client(KEY_A)
+    events = [e.message for e in c.fine_tuning.jobs.list_events(jobs["running"])]
+    assert any("resume from checkpoint-2" in m for m in events), events
+    assert [ck.step_number for ck in c.fine_tuning.jobs.checkpoints.list(jobs["succeeded"])] == [3]

@@ -77,8 +77,8 @@ class Service:
         return self
 
     def start(self)->Service:
-        "Own the state dir, start the inference thread and (with `run_jobs`) the job worker, which first recovers interrupted jobs."
-        self.own(); self.batcher.start()
+        "Own the state dir, remove half-written uploads, start the inference thread and (with `run_jobs`) the job worker, which first recovers interrupted jobs."
+        self.own(); self.files.clean_partials(); self.batcher.start()
         if self.run_jobs: self.jobs.start()
         return self
 
@@ -277,8 +277,7 @@ def job_events(svc:Svc, who:Owner, job_id:str, after:str|None=None, limit:int=Qu
 
 @fine_tuning.get("/{job_id}/checkpoints", response_model=ListPage)
 def job_checkpoints(svc:Svc, who:Owner, job_id:str, after:str|None=None, limit:int=Query(10, ge=1, le=1000)):
-    svc.jobs.get(who, job_id)
-    return ListPage.of(*svc.store.page("checkpoints", parent=job_id, after=after, limit=limit))
+    return ListPage.of(*svc.jobs.checkpoints(who, job_id, after, limit))
 
 # %% ../../nbs/07e_app.ipynb #80c09c31
 models = APIRouter(prefix="/v1/models", tags=["models"])
