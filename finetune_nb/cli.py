@@ -546,12 +546,13 @@ def serve(
     max_batch:int=32,                # most requests per generation batch (1 = no batching)
     batch_wait_ms:float=15.0,        # a batch closes when no request arrives for this long
     max_loaded:int=4,                # models (base + adapter) kept loaded
+    max_queue:int=256,               # chat requests waiting or running at once; more are refused with 429 and Retry-After
     no_jobs:bool=False,              # serve models only: run no fine-tuning jobs
     log_level:Literal["critical", "error", "warning", "info", "debug"]="info", # uvicorn's log level
 )->int:
     "Start the OpenAI-compatible fine-tuning and inference server (API keys: `$FINETUNE_NB_API_KEYS`, admin keys: `$FINETUNE_NB_ADMIN_KEYS`, comma-separated; one server per state dir)."
     from finetune_nb.serve import run_server
     run_server(host=host, port=port, data_dir=data_dir, log_level=log_level, max_upload_bytes=max_upload_bytes, state_dir=state_dir, backends=backends,
-               base_models=base_model, model_map=model_map, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_loaded=max_loaded,
+               base_models=base_model, model_map=model_map, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_loaded=max_loaded, max_queue=max_queue,
                run_jobs=not no_jobs)
     return 0

@@ -240,3 +240,36 @@ def test_a_restart_keeps_only_what_is_whole(start_server, tmp_path, serve_base_m
     events = [e.message for e in c.fine_tuning.jobs.list_events(jobs["running"])]
     assert any("resume from checkpoint-2" in m for m in events), events
     assert [ck.step_number for ck in c.fine_tuning.jobs.checkpoints.list(jobs["succeeded"])] == [3]
+
+
+def test_queue_depth_is_bounded(start_server):
+    "Beyond --max-queue waiting or running chat requests, the next is a 429 with Retry-After (the openai SDK retries those); the rest are answered."
+    import concurrent.futures as cf
+    srv = start_server("queue", api_keys=KEYS, extra_args=["--max-queue", "2", "--max-batch", "1"])
+    body = {"model": srv.base_model, "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 40, "temperature": 0}
+    def ask(_):
+        r = httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json=body, timeout=300)
+        return r.status_code, r.headers.get("retry-after"), r.json()
+    with cf.ThreadPoolExecutor(8) as ex: answers = list(ex.map(ask, range(8)))
+    busy = [a for a in answers if a[0] == 429]
+    assert busy and all(a[1] == "1" and a[2]["error"]["code"] == "rate_limit_exceeded" for a in busy)
+    assert {a[0] for a in answers} == {200, 429}
+    assert httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json={**body, "max_tokens": 1}, timeout=300).status_code == 200
+
+
+def test_a_hung_up_stream_stops_generating(start_server):
+    "Hole 6: streams whose clients hang up stop (the running one within a decoding step, the queued ones before they start)."
+    srv = start_server("hangup", api_keys=KEYS, extra_args=["--max-batch", "1"])
+    body = {"model": srv.base_model, "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 400, "temperature": 0, "stream": True}
+    clients = [httpx.Client(headers=h(KEY_A), timeout=300) for _ in range(3)]
+    streams = [cl.stream("POST", srv.url + "/v1/chat/completions", json=body) for cl in clients]
+    first = streams[0].__enter__()
+    next(first.iter_lines())                           # the first stream is generating
+    for s in streams[1:]: s.__enter__()                # two more wait behind it
+    for s, cl in zip(streams, clients): s.__exit__(None, None, None); cl.close()   # every client hangs up
+    deadline, cancelled = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and cancelled < 3:
+        cancelled = _counter(srv, "streams_cancelled"); time.sleep(0.5)
+    assert cancelled == 3
+    r = httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json={**body, "stream": False, "max_tokens": 1}, timeout=300)
+    assert r.status_code == 200

@@ -21,7 +21,7 @@ from ..core import get_config, get_logger, DataDirLock, FinetuneNBError, ConfigE
 from .protocol import (APIError, hide_paths, ChatRequest, Deleted, Deployment, DeployRequest, FileObject, FineTuningJob,
     InferenceReply, InferenceRequest, InferenceUsage, JobRequest, ListPage, ModelObject, SimpleJob, SimpleJobRequest)
 from .store import Store, Files, FILE_PURPOSES_IN
-from .engine import Batcher, Chat, ModelPool, Models, parse_backends, parse_model_map
+from .engine import CLIENT_GONE, Batcher, Chat, ModelPool, Models, parse_backends, parse_model_map
 from ..data import normalize_messages
 from .jobs import Jobs
 
@@ -57,6 +57,7 @@ class Service:
         loader:Callable|None=None,       # (base, adapter) -> (model, tokenizer); default `engine.load_pair`
         run_jobs:bool=True,              # start the fine-tuning worker
         backends:str|dict|None=None,     # declared upstream backends `{name: {url, key_env}}` (default `$FINETUNE_NB_BACKENDS`)
+        max_queue:int=256,               # chat requests waiting or running at once; more get 429 with Retry-After
     ):
         self.data_dir = get_config(data_dir).data_dir
         self.root = Path(state_dir).expanduser().resolve() if state_dir else self.data_dir/"serve"
@@ -66,7 +67,7 @@ class Service:
         self.pool = ModelPool(loader, capacity=max_loaded)
         self.models = Models(self.store, base_models or default_base_models(), parse_model_map(model_map), on_delete=self.pool.evict,
                              backends=parse_backends(backends))
-        self.batcher = Batcher(self.pool, max_batch=max_batch, wait_ms=batch_wait_ms)
+        self.batcher = Batcher(self.pool, max_batch=max_batch, wait_ms=batch_wait_ms, max_queue=max_queue)
         self.chat = Chat(self.batcher)
         self.jobs = Jobs(self.store, self.files, self.models, self.root/"jobs")
         self.run_jobs,self.metrics,self.log = run_jobs,defaultdict(float),get_logger("finetune_nb.serve")
@@ -298,12 +299,22 @@ async def _fits(svc:Service, target, req:ChatRequest):
     if target.base is not None:
         await run_in_threadpool(svc.pool.check_context, target, normalize_messages(req.messages), req.sampling()["max_tokens"])
 
+async def _until_gone(chunks, gone:threading.Event):
+    "Relay `chunks`; however the response ends (finished, or the client hung up), `gone` is set."
+    try:
+        async for chunk in chunks: yield chunk
+    finally: gone.set()
+
 @chat.post("/completions")
 async def chat_completions(svc:Svc, who:Owner, req:ChatRequest):
     "OpenAI chat completions (also `stream: true` as server-sent events); `model` may be an alias."
     target = svc.models.resolve(who, req.model)
     await _fits(svc, target, req)
-    if req.stream: return StreamingResponse(await svc.chat.stream(target, req), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    if req.stream:
+        gone = threading.Event(); token = CLIENT_GONE.set(gone)   # the batcher stops the stream when this is set
+        try: chunks = await svc.chat.stream(target, req)
+        finally: CLIENT_GONE.reset(token)
+        return StreamingResponse(_until_gone(chunks, gone), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return await svc.chat.complete(target, req)
 
 # %% ../../nbs/07e_app.ipynb #802803e1
@@ -385,7 +396,7 @@ def run_server(
     log_level:str="info",            # uvicorn's log level
     api_keys:list[str]|str|None=None,# accepted keys (default `$FINETUNE_NB_API_KEYS`)
     max_upload_bytes:int|None=None,  # request size limit (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
-    **service_kw,                    # passed to `Service` (state_dir, base_models, model_map, max_batch, max_loaded, batch_wait_ms)
+    **service_kw,                    # passed to `Service` (state_dir, base_models, model_map, max_batch, max_loaded, batch_wait_ms, max_queue, backends)
 ):
     "Serve the app with uvicorn until interrupted."
     import uvicorn

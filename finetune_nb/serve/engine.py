@@ -4,7 +4,7 @@
 
 # %% ../../nbs/07c_engine.ipynb #2a9b4d6f
 from __future__ import annotations
-import asyncio, json, os, queue, re, secrets, threading, time
+import asyncio, contextvars, json, os, queue, re, secrets, threading, time
 import concurrent.futures as cf
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -20,9 +20,9 @@ from ..infer import build_prompt, completion_response, completion_chunk
 from .store import Store
 
 # %% auto #0
-__all__ = ['MODEL_NOT_FOUND', 'CHAT_SPEC_FIELDS', 'load_pair', 'parse_model_map', 'Target', 'Backend', 'parse_backends', 'Models',
-           'ModelPool', 'context_length', 'GenRequest', 'StreamResult', 'Batcher', 'upstream_body', 'upstream_error',
-           'upstream_client', 'upstream_complete', 'upstream_stream', 'Chat']
+__all__ = ['MODEL_NOT_FOUND', 'CLIENT_GONE', 'CHAT_SPEC_FIELDS', 'load_pair', 'parse_model_map', 'Target', 'Backend',
+           'parse_backends', 'Models', 'ModelPool', 'context_length', 'GenRequest', 'StreamResult', 'Batcher',
+           'upstream_body', 'upstream_error', 'upstream_client', 'upstream_complete', 'upstream_stream', 'Chat']
 
 # %% ../../nbs/07c_engine.ipynb #c32149aa
 def load_pair(
@@ -260,6 +260,8 @@ class StreamResult:
     text:str; prompt_tokens:int; completion_tokens:int; finish_reason:str
 
 # %% ../../nbs/07c_engine.ipynb #c98d8c3e
+CLIENT_GONE = contextvars.ContextVar("CLIENT_GONE", default=None)   # a `threading.Event` the app sets when a request's client hangs up
+
 class Batcher:
     "Single inference thread that batches compatible queued requests into one `generate_chat` call."
     def __init__(self,
@@ -269,13 +271,14 @@ class Batcher:
         max_wait_ms:float=150.0, # ... or this long after its first request
         generate:Callable|None=None, # default `infer.generate_chat`
         stream:Callable|None=None,   # default `infer.stream_chat`
+        max_queue:int=256,           # most requests waiting or running; more are refused (429 with Retry-After)
     ):
         from finetune_nb import infer
         self.pool,self.max_batch,self.wait_s,self.max_wait_s = pool,max(1, max_batch),wait_ms/1000,max_wait_ms/1000
         self._generate,self._stream = generate or infer.generate_chat,stream or infer.stream_chat
         self._q,self._stop,self._expect = queue.Queue(),threading.Event(),1
-        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0}
-        self._thread = None
+        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0, "queue_full": 0, "streams_cancelled": 0}
+        self._thread,self.max_queue,self._inflight,self._count_lock,self._gone = None,max(1, max_queue),0,threading.Lock(),{}
 
     def start(self):
         if self._thread is None or not self._thread.is_alive():
@@ -285,8 +288,19 @@ class Batcher:
     def stop(self): self._stop.set()
 
     def submit(self, req:GenRequest)->cf.Future:
-        "Queue `req`; its future gets a `Generation` (or, for streams, a `StreamResult`)."
+        "Queue `req` (429 when `max_queue` are already waiting or running); its future gets a `Generation` (or, for streams, a `StreamResult`)."
+        with self._count_lock:
+            if self._inflight >= self.max_queue:
+                self.stats["queue_full"] += 1
+                raise APIError(429, f"The server is busy: {self._inflight} requests are waiting or running (the limit is {self.max_queue}, --max-queue); retry shortly.",
+                               type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+            self._inflight += 1
+        if (gone := CLIENT_GONE.get()) is not None: self._gone[id(req)] = gone   # set when the client hangs up
+        req.future.add_done_callback(self._finished)
         self.start(); self._q.put(req); return req.future
+
+    def _finished(self, fut):
+        with self._count_lock: self._inflight -= 1
 
 # %% ../../nbs/07c_engine.ipynb #7fd47f62
 @patch
@@ -319,7 +333,9 @@ def _loop(self:Batcher):
 @patch
 def _run(self:Batcher, reqs:list[GenRequest]):
     "Answer `reqs` (one stream, or a batch of plain requests) from one model; failures go to every future."
-    reqs = [req for req in reqs if req.future.set_running_or_notify_cancel()]
+    for req in [req for req in reqs if self._abandoned(req)]:   # its client left while it waited
+        if req.future.set_running_or_notify_cancel(): req.future.set_exception(ConnectionAbortedError("the client disconnected"))
+    reqs = [req for req in reqs if not req.future.done() and req.future.set_running_or_notify_cancel()]
     if not reqs: return
     first = reqs[0]
     try:
@@ -336,10 +352,22 @@ def _run(self:Batcher, reqs:list[GenRequest]):
             if not req.future.done(): req.future.set_exception(e)
 
 @patch
+def _abandoned(self:Batcher, req:GenRequest)->bool:
+    gone = self._gone.get(id(req))
+    if gone is not None and gone.is_set():
+        self._gone.pop(id(req), None); self.stats["streams_cancelled"] += 1; return True
+    return False
+
+@patch
 def _run_stream(self:Batcher, req:GenRequest, model, tok, kw:dict)->StreamResult:
+    "Generate one stream, handing each delta on; a client that hangs up stops it within one decoding step."
     parts,stream = [],self._stream(model, tok, req.messages, **kw)
-    for delta in stream: parts.append(delta); req.stream(delta)
-    return StreamResult("".join(parts), stream.prompt_tokens, stream.completion_tokens, stream.finish_reason)
+    try:
+        for delta in stream:
+            parts.append(delta); req.stream(delta)
+            if self._abandoned(req): stream.close(); break
+    finally: self._gone.pop(id(req), None)
+    return StreamResult("".join(parts), stream.prompt_tokens, stream.completion_tokens, stream.finish_reason or "stop")
 
 # %% ../../nbs/07c_engine.ipynb #3b0c1b8b
 CHAT_SPEC_FIELDS = frozenset({   # CreateChatCompletionRequest's properties in OpenAI's spec (../shared/openai-openapi)
