@@ -33,7 +33,7 @@ __all__ = ['DEFAULT_MAX_UPLOAD', 'REQUEST_ID_RE', 'MIDDLEWARE', 'EXCEPTION_HANDL
            'owner', 'health', 'metrics', 'create_file', 'list_files', 'get_file', 'delete_file', 'file_content',
            'create_job', 'list_jobs', 'get_job', 'cancel_job', 'job_events', 'job_checkpoints', 'list_models',
            'get_model', 'delete_model', 'chat_completions', 'simple_create_job', 'simple_get_job', 'simple_deploy',
-           'simple_inference', 'simple_models', 'create_app', 'run_server', 'ServerThread']
+           'simple_inference', 'simple_models', 'create_app', 'import_model_libraries', 'run_server', 'ServerThread']
 
 # %% ../../nbs/07e_app.ipynb #e3aca9de
 DEFAULT_MAX_UPLOAD = 512 * 1024**2
@@ -389,6 +389,11 @@ def create_app(
 # %% ../../nbs/07e_app.ipynb #d4a5cc93
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
+def import_model_libraries():
+    "Import transformers' lazily loaded names before serving, so a first job and a first chat never race on those imports (nor pay for them)."
+    import transformers
+    for name in ("AutoTokenizer", "AutoModelForCausalLM", "AutoConfig", "TrainerCallback", "PrinterCallback", "Trainer"): getattr(transformers, name)
+
 def run_server(
     host:str="127.0.0.1",            # interface to listen on (0.0.0.0 = every interface)
     port:int=8000,                   # TCP port
@@ -402,6 +407,7 @@ def run_server(
     import uvicorn
     app = create_app(data_dir, api_keys=api_keys, max_upload_bytes=max_upload_bytes, **service_kw)
     app.state.service.own()    # one server per data dir: refuse to start (naming the owner's pid) before listening
+    import_model_libraries()
     log = get_logger("finetune_nb.serve")
     if not app.state.api_keys and host not in LOOPBACK:
         log.warning("serving on %s WITHOUT authentication: anyone who can reach this port can upload data, train and run models; set FINETUNE_NB_API_KEYS", host)
