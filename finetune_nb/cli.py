@@ -678,18 +678,20 @@ def serve(
     port:int=8000,                   # TCP port
     data_dir:str|None=None,          # data directory (default `$FINETUNE_NB_DATA_DIR`)
     state_dir:str|None=None,         # the server's files, jobs and database (default DATA_DIR/serve)
-    max_upload_bytes:int|None=None,  # request size limit in bytes (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    max_upload_bytes:int|None=None,  # request body limit in bytes, counted as the body streams in (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    backends:str|None=None,          # upstream backends aliases may use, as JSON {name: {"url": ..., "key_env": VAR}} or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
     base_model:list[str]|None=None,  # a base model to serve (repeatable; default `$FINETUNE_NB_BASE_MODELS` or the tiny model)
     model_map:str|None=None,         # OpenAI model names served by local base models, e.g. gpt-4o-mini-2024-07-18=finetune-nb/tiny (default `$FINETUNE_NB_MODEL_MAP`)
     max_batch:int=32,                # most requests per generation batch (1 = no batching)
     batch_wait_ms:float=15.0,        # a batch closes when no request arrives for this long
     max_loaded:int=4,                # models (base + adapter) kept loaded
+    max_queue:int=256,               # chat requests waiting or running at once; more are refused with 429 and Retry-After
     no_jobs:bool=False,              # serve models only: run no fine-tuning jobs
     log_level:Literal["critical", "error", "warning", "info", "debug"]="info", # uvicorn's log level
 )->int:
-    "Start the OpenAI-compatible fine-tuning and inference server (API keys: `$FINETUNE_NB_API_KEYS`, comma-separated)."
+    "Start the OpenAI-compatible fine-tuning and inference server (API keys: `$FINETUNE_NB_API_KEYS`, admin keys: `$FINETUNE_NB_ADMIN_KEYS`, comma-separated; one server per state dir)."
     from finetune_nb.serve import run_server
-    run_server(host=host, port=port, data_dir=data_dir, log_level=log_level, max_upload_bytes=max_upload_bytes, state_dir=state_dir,
-               base_models=base_model, model_map=model_map, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_loaded=max_loaded,
+    run_server(host=host, port=port, data_dir=data_dir, log_level=log_level, max_upload_bytes=max_upload_bytes, state_dir=state_dir, backends=backends,
+               base_models=base_model, model_map=model_map, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_loaded=max_loaded, max_queue=max_queue,
                run_jobs=not no_jobs)
     return 0

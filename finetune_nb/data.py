@@ -742,7 +742,16 @@ class TokenCounter:
         self._func_init = 10 if getattr(enc, "name", "") == "cl100k_base" else 7  # the cookbook's per-function overhead
     def __call__(self, text:str)->int:
         n = self._cache.get(text)
-        if n is None: n = self._cache[text] = len(self._encode(text))
+        if n is None: n = self._cache[text] = self._len(text)
+        return n
+    def _len(self, text:str, chunk:int=100_000)->int:
+        "Tokens in `text`; a long text (which the encoder refuses whole) is counted in pieces cut before a space, as its pre-tokenizer splits."
+        if len(text) <= chunk: return len(self._encode(text))
+        n,i = 0,0
+        while i < len(text):
+            j = min(len(text), i + chunk)
+            if j < len(text) and (k := text.rfind(" ", i + chunk // 2, j)) > i: j = k
+            n += len(self._encode(text[i:j])); i = j
         return n
     def text(self, content)->int:
         "Tokens of a message's content: a string, or the text of its parts."
@@ -796,11 +805,11 @@ class TokenCounter:
         return n
     def count(self, messages:list[dict])->tuple[int, int]:
         "(prompt tokens, assistant tokens) in one pass, for plain string messages (the validator's fast path)."
-        cache, enc, n, a = self._cache, self._encode, 3, 0
+        cache, n, a = self._cache, 3, 0
         for m in messages:
             for s in (m.get("role") or "", m.get("content") or ""):
                 k = cache.get(s)
-                if k is None: k = cache[s] = len(enc(s))
+                if k is None: k = cache[s] = self._len(s)
                 n += k
             n += 3
             if m.get("role") == "assistant": a += k

@@ -130,7 +130,7 @@ def _seed_model(state_dir:Path, base:str, adapter:str, model_id="ft:tiny-random:
 def test_aliases_swap_and_external_backend(start_server, tmp_path, tiny_random_path, tiny_random_adapter):
     ft = _seed_model(tmp_path/"serve-a", tiny_random_path, tiny_random_adapter)
     a = start_server("a", base_model=tiny_random_path)
-    b = start_server("b", base_model=tiny_random_path)
+    b = start_server("b", base_model=tiny_random_path, env={"FINETUNE_NB_BACKENDS": json.dumps({"a": {"url": a.base_url}})})   # the operator declares a as b's backend
     ca, cb = a.client(), b.client()
     msgs = [{"role": "user", "content": "hello world"}]
     ask = lambda c, model: c.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0).choices[0].message.content
@@ -152,9 +152,10 @@ def test_aliases_swap_and_external_backend(start_server, tmp_path, tiny_random_p
     assert dep(a, alias="x", model="m", base_url="file:///etc/passwd").status_code == 400
     assert dep(a, alias="x", model="m", base_url="http://evil.invalid/v1", api_key_env="OPENAI_API_KEY").status_code == 400   # no secret exfiltration
     assert httpx.post(a.url + "/v1/fine-tune/inference", json={"alias": "nope", "prompt": "hi"}).status_code == 404
-    # server b serves alias "remote" from server a's alias "prod" (an external OpenAI-compatible backend)
-    r = dep(b, alias="remote", model="prod", base_url=a.base_url)
-    assert r.status_code == 200 and r.json()["base_url"] == a.base_url
+    # server b serves alias "remote" from server a's alias "prod" (an operator-declared OpenAI-compatible backend)
+    assert dep(b, alias="remote", model="prod", base_url=a.base_url).status_code == 400   # callers name declared backends, never URLs
+    r = dep(b, alias="remote", model="prod", backend="a")
+    assert r.status_code == 200 and r.json()["backend"] == "a"
     assert ask(cb, "remote") == ft_out and infer(b, "remote")["output"] == ft_out
     streamed = "".join(ch.choices[0].delta.content or "" for ch in cb.chat.completions.create(model="remote", messages=msgs, max_tokens=8, temperature=0, stream=True) if ch.choices)
     assert streamed == ft_out

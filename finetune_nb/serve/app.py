@@ -17,22 +17,23 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..core import get_config, get_logger, FinetuneNBError, ConfigError, DataError
+from ..core import get_config, get_logger, DataDirLock, FinetuneNBError, ConfigError, DataError
 from .protocol import (APIError, hide_paths, ChatRequest, Deleted, Deployment, DeployRequest, FileObject, FineTuningJob,
     InferenceReply, InferenceRequest, InferenceUsage, JobRequest, ListPage, ModelObject, SimpleJob, SimpleJobRequest)
 from .store import Store, Files, FILE_PURPOSES_IN
-from .engine import Batcher, Chat, ModelPool, Models, parse_model_map
+from .engine import CLIENT_GONE, Batcher, Chat, ModelPool, Models, parse_backends, parse_model_map
+from ..data import normalize_messages
 from .jobs import Jobs
 
 # %% auto #0
 __all__ = ['DEFAULT_MAX_UPLOAD', 'REQUEST_ID_RE', 'MIDDLEWARE', 'EXCEPTION_HANDLERS', 'Svc', 'Owner', 'ops', 'files',
            'fine_tuning', 'models', 'chat', 'simple', 'ROUTERS', 'LOOPBACK', 'default_base_models', 'Service',
            'owner_of_key', 'api_keys_from', 'request_id', 'record_metrics', 'require_key', 'limit_size',
-           'internal_errors', 'api_error', 'invalid_request', 'http_error', 'package_error', 'service', 'owner',
-           'health', 'metrics', 'create_file', 'list_files', 'get_file', 'delete_file', 'file_content', 'create_job',
-           'list_jobs', 'get_job', 'cancel_job', 'job_events', 'job_checkpoints', 'list_models', 'get_model',
-           'delete_model', 'chat_completions', 'simple_create_job', 'simple_get_job', 'simple_deploy',
-           'simple_inference', 'simple_models', 'create_app', 'run_server', 'ServerThread']
+           'internal_errors', 'BodyLimit', 'api_error', 'invalid_request', 'http_error', 'package_error', 'service',
+           'owner', 'health', 'metrics', 'create_file', 'list_files', 'get_file', 'delete_file', 'file_content',
+           'create_job', 'list_jobs', 'get_job', 'cancel_job', 'job_events', 'job_checkpoints', 'list_models',
+           'get_model', 'delete_model', 'chat_completions', 'simple_create_job', 'simple_get_job', 'simple_deploy',
+           'simple_inference', 'simple_models', 'create_app', 'import_model_libraries', 'run_server', 'ServerThread']
 
 # %% ../../nbs/07e_app.ipynb #e3aca9de
 DEFAULT_MAX_UPLOAD = 512 * 1024**2
@@ -55,25 +56,34 @@ class Service:
         batch_wait_ms:float=15.0,        # a batch closes when no request arrives for this long (at most 150 ms)
         loader:Callable|None=None,       # (base, adapter) -> (model, tokenizer); default `engine.load_pair`
         run_jobs:bool=True,              # start the fine-tuning worker
+        backends:str|dict|None=None,     # declared upstream backends `{name: {url, key_env}}` (default `$FINETUNE_NB_BACKENDS`)
+        max_queue:int=256,               # chat requests waiting or running at once; more get 429 with Retry-After
     ):
         self.data_dir = get_config(data_dir).data_dir
         self.root = Path(state_dir).expanduser().resolve() if state_dir else self.data_dir/"serve"
+        self.owner_lock = DataDirLock(self.root, "data dir")
         self.store = Store(self.root/"state.db")
         self.files = Files(self.store, self.root/"files")
         self.pool = ModelPool(loader, capacity=max_loaded)
-        self.models = Models(self.store, base_models or default_base_models(), parse_model_map(model_map), on_delete=self.pool.evict)
-        self.batcher = Batcher(self.pool, max_batch=max_batch, wait_ms=batch_wait_ms)
+        self.models = Models(self.store, base_models or default_base_models(), parse_model_map(model_map), on_delete=self.pool.evict,
+                             backends=parse_backends(backends))
+        self.batcher = Batcher(self.pool, max_batch=max_batch, wait_ms=batch_wait_ms, max_queue=max_queue)
         self.chat = Chat(self.batcher)
         self.jobs = Jobs(self.store, self.files, self.models, self.root/"jobs")
         self.run_jobs,self.metrics,self.log = run_jobs,defaultdict(float),get_logger("finetune_nb.serve")
 
+    def own(self)->Service:
+        "Become the one owner of the state dir, or raise `ConfigError` naming the process that is (two servers on one dir corrupt each other's jobs)."
+        if self.owner_lock._fd is None: self.owner_lock.acquire()
+        return self
+
     def start(self)->Service:
-        "Start the inference thread and (with `run_jobs`) the job worker, which first recovers interrupted jobs."
-        self.batcher.start()
+        "Own the state dir, remove half-written uploads, start the inference thread and (with `run_jobs`) the job worker, which first recovers interrupted jobs."
+        self.own(); self.files.clean_partials(); self.batcher.start()
         if self.run_jobs: self.jobs.start()
         return self
 
-    def stop(self): self.batcher.stop(); self.jobs.stop()
+    def stop(self): self.batcher.stop(); self.jobs.stop(); self.owner_lock.release()
 
 # %% ../../nbs/07e_app.ipynb #2eb8121e
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -112,21 +122,24 @@ def _key_of(request:Request)->str:
     auth = request.headers.get("authorization", "")
     return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
 
+def _known(key:str, keys:list[str])->bool: return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
+
 async def require_key(request:Request, call_next):
-    "401 without a valid bearer key (when keys are set); `request.state.owner` is the key's owner tag."
+    "401 without a valid bearer key (when keys are set); `request.state.owner` is the key's owner tag, `request.state.admin` whether it is an admin key."
     keys,key = request.app.state.api_keys,None
     if keys and request.url.path != "/health":
         key = _key_of(request)
-        if not key or not any(hmac.compare_digest(key.encode(), k.encode()) for k in keys):
+        if not key or not _known(key, keys):
             request.app.state.service.metrics["auth_failures"] += 1
             request.app.state.service.log.warning("401 %s %s (missing or invalid API key)", request.method, request.url.path[:200])
             return APIError(401, "Incorrect or missing API key. Send `Authorization: Bearer <key>` with a key listed in FINETUNE_NB_API_KEYS.",
                             code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="finetune_nb"'}).response()
     request.state.owner = owner_of_key(key) if keys else "local"
+    request.state.admin = not keys or bool(key and _known(key, request.app.state.admin_keys))   # without auth the one local user is the admin
     return await call_next(request)
 
 async def limit_size(request:Request, call_next):
-    "413 when `Content-Length` exceeds the upload limit."
+    "413 when `Content-Length` exceeds the upload limit (bodies without one are counted by `BodyLimit`)."
     size,limit = request.headers.get("content-length"),request.app.state.max_upload_bytes
     if size is not None and (not size.isdigit() or int(size) > limit):
         request.app.state.service.metrics["uploads_too_large"] += 1
@@ -141,6 +154,32 @@ async def internal_errors(request:Request, call_next):
         return APIError(500, f"Internal error ({type(e).__name__}); the server log has the details.", type="server_error").response()
 
 MIDDLEWARE = (internal_errors, limit_size, require_key, record_metrics, request_id)   # innermost first
+
+# %% ../../nbs/07e_app.ipynb #0b9a4988
+class BodyLimit:
+    "ASGI middleware: counts request body bytes as they stream in (chunked or not) and answers 413 once they pass `app.state.max_upload_bytes`."
+    def __init__(self, app): self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http": return await self.app(scope, receive, send)
+        state,limit = {"seen": 0, "over": False, "started": False},scope["app"].state.max_upload_bytes
+        async def counted():
+            if state["over"]: return {"type": "http.disconnect"}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                state["seen"] += len(msg.get("body", b""))
+                if state["seen"] > limit: state["over"] = True; return {"type": "http.disconnect"}   # read no further
+            return msg
+        async def sending(msg):
+            if state["over"]: return                       # the app's answer to a body it never got whole
+            state["started"] = True; await send(msg)
+        try: await self.app(scope, counted, sending)
+        except Exception:
+            if not state["over"]: raise
+        if state["over"] and not state["started"]:
+            scope["app"].state.service.metrics["uploads_too_large"] += 1
+            await APIError(413, f"Request body exceeds the limit of {limit} bytes (FINETUNE_NB_MAX_UPLOAD_BYTES, --max-upload-bytes).",
+                           code="request_too_large", headers={"Connection": "close"}).response()(scope, receive, send)
 
 # %% ../../nbs/07e_app.ipynb #cbf6e30b
 async def api_error(request, e:APIError): return e.response()
@@ -239,8 +278,7 @@ def job_events(svc:Svc, who:Owner, job_id:str, after:str|None=None, limit:int=Qu
 
 @fine_tuning.get("/{job_id}/checkpoints", response_model=ListPage)
 def job_checkpoints(svc:Svc, who:Owner, job_id:str, after:str|None=None, limit:int=Query(10, ge=1, le=1000)):
-    svc.jobs.get(who, job_id)
-    return ListPage.of(*svc.store.page("checkpoints", parent=job_id, after=after, limit=limit))
+    return ListPage.of(*svc.jobs.checkpoints(who, job_id, after, limit))
 
 # %% ../../nbs/07e_app.ipynb #80c09c31
 models = APIRouter(prefix="/v1/models", tags=["models"])
@@ -256,11 +294,27 @@ def delete_model(svc:Svc, who:Owner, model:str): return svc.models.delete(who, m
 
 chat = APIRouter(prefix="/v1/chat", tags=["chat"])
 
+async def _fits(svc:Service, target, req:ChatRequest):
+    "400 `context_length_exceeded` unless the prompt plus the reply's `max_tokens` fit a local model's context."
+    if target.base is not None:
+        await run_in_threadpool(svc.pool.check_context, target, normalize_messages(req.messages), req.sampling()["max_tokens"])
+
+async def _until_gone(chunks, gone:threading.Event):
+    "Relay `chunks`; however the response ends (finished, or the client hung up), `gone` is set."
+    try:
+        async for chunk in chunks: yield chunk
+    finally: gone.set()
+
 @chat.post("/completions")
 async def chat_completions(svc:Svc, who:Owner, req:ChatRequest):
     "OpenAI chat completions (also `stream: true` as server-sent events); `model` may be an alias."
     target = svc.models.resolve(who, req.model)
-    if req.stream: return StreamingResponse(await svc.chat.stream(target, req), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    await _fits(svc, target, req)
+    if req.stream:
+        gone = threading.Event(); token = CLIENT_GONE.set(gone)   # the batcher stops the stream when this is set
+        try: chunks = await svc.chat.stream(target, req)
+        finally: CLIENT_GONE.reset(token)
+        return StreamingResponse(_until_gone(chunks, gone), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return await svc.chat.complete(target, req)
 
 # %% ../../nbs/07e_app.ipynb #802803e1
@@ -282,26 +336,27 @@ async def simple_create_job(svc:Svc, who:Owner, req:SimpleJobRequest):
 def simple_get_job(svc:Svc, who:Owner, job_id:str): return SimpleJob.of(svc.jobs.get(who, job_id))
 
 @simple.post("/deploy", response_model=Deployment)
-def simple_deploy(svc:Svc, who:Owner, req:DeployRequest):
-    "Point an alias at a model (or an operator's upstream backend); an atomic swap."
-    alias = svc.models.deploy(who, req)
-    return Deployment(alias=alias["alias"], model_id=alias["model"], **{k: alias[k] for k in ("version", "previous_model", "base_url", "updated_at")})
+def simple_deploy(request:Request, svc:Svc, who:Owner, req:DeployRequest):
+    "Point an alias of this key (or, for admin keys, a shared one) at a model or a declared upstream backend; an atomic swap."
+    alias = svc.models.deploy(who, req, admin=request.state.admin)
+    return Deployment(alias=alias["alias"], model_id=alias["model"], **{k: alias.get(k) for k in ("version", "previous_model", "backend", "shared", "updated_at")})
 
 @simple.post("/inference", response_model=InferenceReply)
 async def simple_inference(svc:Svc, who:Owner, req:InferenceRequest):
     "One chat reply from the model an alias points to."
     chat_req = req.chat_request()
-    reply = await svc.chat.complete(svc.models.resolve(who, chat_req.model), chat_req)
+    target = svc.models.resolve(who, chat_req.model)
+    await _fits(svc, target, chat_req)
+    reply = await svc.chat.complete(target, chat_req)
     choice,usage = reply["choices"][0],reply.get("usage") or {}
     return InferenceReply(model=reply["model"], response=choice["message"]["content"], output=choice["message"]["content"], finish_reason=choice["finish_reason"],
                           usage=InferenceUsage(prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0)))
 
 @simple.get("/models")
 def simple_models(svc:Svc, who:Owner):
-    "Deployed aliases (`{alias: model_id}`), and every model this key can use."
-    aliases = svc.store.aliases()
-    return {"models": {a["alias"]: a["model"] for a in aliases}, "object": "list", "data": [m.dump() for m in svc.models.list(who)],
-            "aliases": [{k: v for k,v in a.items() if k != "api_key_env"} for a in aliases]}
+    "The aliases this key may call (`{alias: model_id}`: its own and shared ones), and every model it can use."
+    aliases = svc.models.aliases(who)
+    return {"models": {a["alias"]: a["model"] for a in aliases}, "object": "list", "data": [m.dump() for m in svc.models.list(who)], "aliases": aliases}
 
 ROUTERS = (ops, files, fine_tuning, models, chat, simple)
 
@@ -310,7 +365,8 @@ def create_app(
     data_dir:str|Path|None=None,      # state directory (default `$FINETUNE_NB_DATA_DIR`)
     api_keys:list[str]|str|None=None, # accepted bearer keys (default `$FINETUNE_NB_API_KEYS`; empty = no auth)
     max_upload_bytes:int|None=None,   # request size limit (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
-    **service_kw,                     # passed to `Service` (state_dir, base_models, model_map, max_loaded, max_batch, batch_wait_ms, loader, run_jobs)
+    admin_keys:list[str]|str|None=None, # keys that also manage shared aliases (default `$FINETUNE_NB_ADMIN_KEYS`; they are accepted keys too)
+    **service_kw,                     # passed to `Service` (state_dir, base_models, model_map, max_loaded, max_batch, batch_wait_ms, loader, run_jobs, backends)
 )->FastAPI:
     "The FastAPI app: OpenAI-compatible files, fine-tuning, models and chat, the simple API, `/health` and `/metrics`."
     svc = Service(data_dir, **service_kw)
@@ -320,15 +376,23 @@ def create_app(
         svc.start(); yield; svc.stop()
 
     app = FastAPI(title="finetune_nb", version="0.1", lifespan=lifespan, description="OpenAI-compatible fine-tuning and inference on local models.")
-    app.state.service,app.state.api_keys = svc,api_keys_from(api_keys)
+    admins = api_keys_from(os.environ.get("FINETUNE_NB_ADMIN_KEYS", "") if admin_keys is None else admin_keys)
+    app.state.service,app.state.admin_keys = svc,admins
+    app.state.api_keys = api_keys_from(api_keys) + [k for k in admins if k not in api_keys_from(api_keys)]
     app.state.max_upload_bytes = int(max_upload_bytes or os.environ.get("FINETUNE_NB_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD)
     for middleware in MIDDLEWARE: app.middleware("http")(middleware)
+    app.add_middleware(BodyLimit)    # outermost: counts every body as it streams in
     for exc,handler in EXCEPTION_HANDLERS.items(): app.add_exception_handler(exc, handler)
     for router in ROUTERS: app.include_router(router)
     return app
 
 # %% ../../nbs/07e_app.ipynb #d4a5cc93
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+def import_model_libraries():
+    "Import transformers' lazily loaded names before serving, so a first job and a first chat never race on those imports (nor pay for them)."
+    import transformers
+    for name in ("AutoTokenizer", "AutoModelForCausalLM", "AutoConfig", "TrainerCallback", "PrinterCallback", "Trainer"): getattr(transformers, name)
 
 def run_server(
     host:str="127.0.0.1",            # interface to listen on (0.0.0.0 = every interface)
@@ -337,11 +401,13 @@ def run_server(
     log_level:str="info",            # uvicorn's log level
     api_keys:list[str]|str|None=None,# accepted keys (default `$FINETUNE_NB_API_KEYS`)
     max_upload_bytes:int|None=None,  # request size limit (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
-    **service_kw,                    # passed to `Service` (state_dir, base_models, model_map, max_batch, max_loaded, batch_wait_ms)
+    **service_kw,                    # passed to `Service` (state_dir, base_models, model_map, max_batch, max_loaded, batch_wait_ms, max_queue, backends)
 ):
     "Serve the app with uvicorn until interrupted."
     import uvicorn
     app = create_app(data_dir, api_keys=api_keys, max_upload_bytes=max_upload_bytes, **service_kw)
+    app.state.service.own()    # one server per data dir: refuse to start (naming the owner's pid) before listening
+    import_model_libraries()
     log = get_logger("finetune_nb.serve")
     if not app.state.api_keys and host not in LOOPBACK:
         log.warning("serving on %s WITHOUT authentication: anyone who can reach this port can upload data, train and run models; set FINETUNE_NB_API_KEYS", host)

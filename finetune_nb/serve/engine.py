@@ -4,7 +4,7 @@
 
 # %% ../../nbs/07c_engine.ipynb #2a9b4d6f
 from __future__ import annotations
-import asyncio, json, os, queue, re, secrets, threading, time
+import asyncio, contextvars, json, os, queue, re, secrets, threading, time
 import concurrent.futures as cf
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
@@ -12,16 +12,17 @@ from pathlib import Path
 from fastcore.basics import patch
 from typing import AsyncIterator, Callable
 from ..core import get_logger, make_client, ConfigError, FinetuneNBError, ModelLoadError
-from .protocol import (APIError, hide_paths, ALIAS_RE, BACKEND_KEY_ENV_RE, ChatMessage,
+from .protocol import (APIError, hide_paths, ALIAS_RE, ChatMessage,
     ChatRequest, DeployRequest, Deleted, ModelObject, not_found, now, valid_id)
 from ..data import normalize_messages
 from ..models import load_model
-from ..infer import completion_response, completion_chunk, ToolDeltas
+from ..infer import build_prompt, completion_response, completion_chunk, ToolDeltas
 from .store import Store
 
 # %% auto #0
-__all__ = ['MODEL_NOT_FOUND', 'load_pair', 'parse_model_map', 'Target', 'Models', 'ModelPool', 'GenRequest', 'StreamResult',
-           'Batcher', 'upstream_error', 'upstream_client', 'upstream_complete', 'upstream_stream', 'Chat']
+__all__ = ['MODEL_NOT_FOUND', 'CLIENT_GONE', 'CHAT_SPEC_FIELDS', 'load_pair', 'parse_model_map', 'Target', 'Backend',
+           'parse_backends', 'Models', 'ModelPool', 'context_length', 'GenRequest', 'StreamResult', 'Batcher',
+           'upstream_body', 'upstream_error', 'upstream_client', 'upstream_complete', 'upstream_stream', 'Chat']
 
 # %% ../../nbs/07c_engine.ipynb #c32149aa
 def load_pair(
@@ -49,19 +50,51 @@ def parse_model_map(
 
 @dataclass
 class Target:
-    "What serves a request: a local base (+ adapter), or an upstream backend."
+    "What serves a request: a local base (+ adapter), or an upstream backend the operator declared."
     model:str                      # the name answers carry
     base:str|None=None             # local base model
     adapter:str|None=None          # LoRA adapter directory
-    base_url:str|None=None         # upstream OpenAI-compatible backend
-    api_key_env:str|None=None      # server env var with the backend's key
+    base_url:str|None=None         # the declared backend's URL (only ever from a `Backend`)
+    api_key_env:str|None=None      # the declared backend's key variable (sent only to `base_url`)
     alias:str|None=None            # the alias that led here
+    backend:str|None=None          # the declared backend's name
+
+# %% ../../nbs/07c_engine.ipynb #6b9d7475
+@dataclass
+class Backend:
+    "An upstream OpenAI-compatible backend the operator declared: a name, its URL and its key's variable."
+    name:str; url:str; key_env:str|None=None
+    def target(self, model:str, alias:str|None=None)->Target: return Target(model, base_url=self.url, api_key_env=self.key_env, alias=alias, backend=self.name)
+
+_BACKEND_URL_RE = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
+
+def parse_backends(
+    spec:str|dict|None, # `{name: {"url": ..., "key_env": ...}}` as a dict, JSON, or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
+)->dict[str, Backend]:  # name -> declared backend
+    "The operator's declared upstream backends (checked)."
+    spec = os.environ.get("FINETUNE_NB_BACKENDS", "") if spec is None else spec
+    if isinstance(spec, str):
+        if not spec.strip(): return {}
+        try: spec = json.loads(spec if spec.lstrip().startswith("{") else Path(spec).expanduser().read_text())
+        except (OSError, ValueError) as e: raise ConfigError(f"backends are not a readable JSON object: {type(e).__name__}: {e}",
+                                                             hint='e.g. FINETUNE_NB_BACKENDS=\'{"vllm": {"url": "http://127.0.0.1:8001/v1", "key_env": "VLLM_KEY"}}\'') from None
+    if not isinstance(spec, dict): raise ConfigError("backends must be a JSON object {name: {url, key_env}}")
+    out = {}
+    for name,d in spec.items():
+        if not ALIAS_RE.fullmatch(str(name)): raise ConfigError(f"backend name {str(name)[:64]!r} must match {ALIAS_RE.pattern}")
+        if not isinstance(d, dict) or set(d) - {"url", "key_env"} or not _BACKEND_URL_RE.fullmatch(str(d.get("url", ""))):
+            raise ConfigError(f"backend {name!r} must be {{\"url\": \"http(s)://host[:port]/path\", \"key_env\": \"VAR\"}} (no query, fragment or credentials in the URL)")
+        if d.get("key_env") is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", str(d["key_env"])): raise ConfigError(f"backend {name!r}: key_env must name an environment variable")
+        out[name] = Backend(name, d["url"].rstrip("/"), d.get("key_env"))
+    return out
 
 # %% ../../nbs/07c_engine.ipynb #f15c6062
 class Models:
     "The models a key can use: base models, mapped names, its fine-tuned models and checkpoints, and aliases."
-    def __init__(self, store:Store, base_models:list[str], model_map:dict[str, str]|None=None, on_delete:Callable|None=None):
+    def __init__(self, store:Store, base_models:list[str], model_map:dict[str, str]|None=None, on_delete:Callable|None=None,
+                 backends:dict[str, Backend]|None=None):
         self.store,self.base_models,self.model_map,self.on_delete = store,list(base_models),dict(model_map or {}),on_delete
+        self.backends = dict(backends or {})
 
     def base_for(self, name:str)->str|None:
         "The local base model `name` trains and runs on (a base model, or a mapped OpenAI name), else None."
@@ -105,11 +138,25 @@ def _checkpoint_target(self:Models, owner:str, name:str)->Target|None:
     return None
 
 @patch
+def alias(self:Models, owner:str, name:str)->dict|None:
+    "The alias `name` if `owner` may call it: its own, or a shared one (aliases from before ownership count as shared)."
+    a = self.store.get_alias(name)
+    return a if a is not None and (a.get("shared") or a.get("owner") in (owner, None)) else None
+
+@patch
+def aliases(self:Models, owner:str)->list[dict]:
+    "The aliases `owner` may call, as the API shows them (no owner tags)."
+    return [{k: v for k,v in a.items() if k not in ("owner", "base_url", "api_key_env")} for a in self.store.aliases() if self.alias(owner, a["alias"])]
+
+@patch
 def resolve(self:Models, owner:str, name:str, follow_alias:bool=True)->Target:
     "What serves `name` for `owner` (404 if nothing does)."
-    if follow_alias and ALIAS_RE.fullmatch(name) and (a := self.store.get_alias(name)) is not None:
-        if a.get("base_url"): return Target(a["model"], base_url=a["base_url"], api_key_env=a.get("api_key_env"), alias=name)
-        t = self.resolve(owner, a["model"], follow_alias=False); t.alias = name
+    if follow_alias and ALIAS_RE.fullmatch(name) and (a := self.alias(owner, name)) is not None and not a.get("base_url"):
+        if a.get("backend"):
+            if (b := self.backends.get(a["backend"])) is None:
+                raise APIError(404, f"alias {name!r} points to backend {a['backend']!r}, which this server no longer declares", param="model", code="model_not_found")
+            return b.target(a["model"], alias=name)
+        t = self.resolve(a.get("owner") or owner, a["model"], follow_alias=False); t.alias = name   # a shared alias serves its deployer's model
         return t
     if (base := self.base_for(name)) is not None: return Target(name, base=base)
     if self.store.get("models", name, owner=owner) is not None:
@@ -119,24 +166,32 @@ def resolve(self:Models, owner:str, name:str, follow_alias:bool=True)->Target:
     raise APIError(404, MODEL_NOT_FOUND.format(name[:256]), param="model", code="model_not_found")
 
 # %% ../../nbs/07c_engine.ipynb #f00bee17
-def _backend(req:DeployRequest)->dict:
-    "The alias record for an upstream backend (checked)."
-    if not re.match(r"https?://[^\s/]+", req.base_url): raise APIError(400, "base_url must be an http(s) URL, e.g. http://host:8000/v1", param="base_url")
-    if req.api_key_env is not None and not BACKEND_KEY_ENV_RE.fullmatch(req.api_key_env):
-        raise APIError(400, "api_key_env must name a server environment variable starting with FINETUNE_NB_BACKEND_ (e.g. FINETUNE_NB_BACKEND_OPENAI); "
-                       "other variables are refused so no client can send the server's secrets to a URL of its choice", param="api_key_env")
-    return {"model": req.target, "base_url": req.base_url.rstrip("/"), "api_key_env": req.api_key_env}
+def _may_change(alias:dict, owner:str, admin:bool)->bool:
+    "Shared aliases (and ones from before ownership) are the admins'; any other belongs to its deployer."
+    return admin if alias.get("shared") or alias.get("owner") is None else alias["owner"] == owner
 
 @patch
-def deploy(self:Models, owner:str, req:DeployRequest)->dict:
-    "Point `req.alias` at a model (or an upstream backend) in one atomic update; the stored alias."
+def deploy(self:Models, owner:str, req:DeployRequest, admin:bool=False)->dict:
+    "Point `req.alias` at a model (or a declared upstream backend) in one atomic update; the stored alias."
     if not ALIAS_RE.fullmatch(req.alias): raise APIError(400, f"alias {req.alias[:64]!r} must match {ALIAS_RE.pattern} (no '/' or ':', so it never shadows a model id)", param="alias")
-    if req.base_url is not None: record = _backend(req)
+    if raw := sorted({"base_url", "api_key_env"} & set(req.model_extra or {})):
+        raise APIError(400, f"{raw[0]} is not accepted: upstream backends are declared by the operator (FINETUNE_NB_BACKENDS) and an alias names one, "
+                       f"e.g. {{\"alias\": ..., \"model\": ..., \"backend\": NAME}}; declared backends: {sorted(self.backends) or 'none'}", param=raw[0], code="backend_not_declared")
+    if req.shared and not admin: raise APIError(403, "only admin keys (FINETUNE_NB_ADMIN_KEYS) deploy shared aliases", param="shared", type="permission_error", code="admin_required")
+    if req.backend is not None:
+        if req.backend not in self.backends:
+            raise APIError(400, f"backend {req.backend!r} is not declared on this server; declared backends: {sorted(self.backends) or 'none'} (the operator declares them in FINETUNE_NB_BACKENDS)", param="backend", code="backend_not_declared")
+        record = {"model": req.target, "backend": req.backend}
     else:
         self.resolve(owner, req.target, follow_alias=False)   # must exist and be visible to this key
-        record = {"model": req.target, "base_url": None, "api_key_env": None}
-    prev = self.store.get_alias(req.alias)
-    return {**self.store.set_alias(req.alias, record), "previous_model": prev and prev["model"]}
+        record = {"model": req.target, "backend": None}
+    with self.store._lock:                                     # check and swap as one step
+        prev = self.store.get_alias(req.alias)
+        if prev is not None and not _may_change(prev, owner, admin):
+            if prev.get("shared") or self.alias(owner, req.alias): raise APIError(403, f"alias {req.alias!r} is shared: only admin keys change it", param="alias", type="permission_error", code="admin_required")
+            raise APIError(409, f"alias {req.alias!r} is taken by another key; choose another name", param="alias", code="alias_taken")
+        a = self.store.set_alias(req.alias, {**record, "owner": owner, "shared": req.shared})
+    return {**{k: v for k,v in a.items() if k != "owner"}, "previous_model": prev and prev["model"]}
 
 # %% ../../nbs/07c_engine.ipynb #3e3d1c9d
 class ModelPool:
@@ -168,6 +223,31 @@ class ModelPool:
     def loaded(self)->list[tuple]:
         with self._lock: return list(self._lru)
 
+# %% ../../nbs/07c_engine.ipynb #6799743a
+def context_length(model)->int|None:
+    "The most tokens `model` attends to (prompt and reply together), from its config; None if it does not say."
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+@patch
+def check_context(self:ModelPool,
+    target:Target,     # a local model
+    messages:list[dict], # the normalised conversation
+    max_tokens:int,    # the reply's token budget
+):
+    "400 `context_length_exceeded` unless the rendered prompt plus `max_tokens` fit `target`'s model."
+    model,tok = self.get(target.base, target.adapter)
+    if (limit := context_length(model)) is None: return
+    try: prompt = build_prompt(tok, messages)
+    except Exception as e:
+        if type(e).__module__.startswith("jinja2"): return   # the template refuses these messages: the chat path answers that 400
+        raise
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    if n + max_tokens > limit:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested {n + max_tokens} tokens "
+                       f"({n} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                       param="messages", code="context_length_exceeded")
+
 # %% ../../nbs/07c_engine.ipynb #7c5ba0f7
 @dataclass
 class GenRequest:
@@ -189,6 +269,8 @@ class StreamResult:
     text:str; prompt_tokens:int; completion_tokens:int; finish_reason:str
 
 # %% ../../nbs/07c_engine.ipynb #c98d8c3e
+CLIENT_GONE = contextvars.ContextVar("CLIENT_GONE", default=None)   # a `threading.Event` the app sets when a request's client hangs up
+
 class Batcher:
     "Single inference thread that batches compatible queued requests into one `generate_chat` call."
     def __init__(self,
@@ -198,13 +280,14 @@ class Batcher:
         max_wait_ms:float=150.0, # ... or this long after its first request
         generate:Callable|None=None, # default `infer.generate_chat`
         stream:Callable|None=None,   # default `infer.stream_chat`
+        max_queue:int=256,           # most requests waiting or running; more are refused (429 with Retry-After)
     ):
         from finetune_nb import infer
         self.pool,self.max_batch,self.wait_s,self.max_wait_s = pool,max(1, max_batch),wait_ms/1000,max_wait_ms/1000
         self._generate,self._stream = generate or infer.generate_chat,stream or infer.stream_chat
         self._q,self._stop,self._expect = queue.Queue(),threading.Event(),1
-        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0}
-        self._thread = None
+        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0, "queue_full": 0, "streams_cancelled": 0}
+        self._thread,self.max_queue,self._inflight,self._count_lock,self._gone = None,max(1, max_queue),0,threading.Lock(),{}
 
     def start(self):
         if self._thread is None or not self._thread.is_alive():
@@ -214,8 +297,19 @@ class Batcher:
     def stop(self): self._stop.set()
 
     def submit(self, req:GenRequest)->cf.Future:
-        "Queue `req`; its future gets a `Generation` (or, for streams, a `StreamResult`)."
+        "Queue `req` (429 when `max_queue` are already waiting or running); its future gets a `Generation` (or, for streams, a `StreamResult`)."
+        with self._count_lock:
+            if self._inflight >= self.max_queue:
+                self.stats["queue_full"] += 1
+                raise APIError(429, f"The server is busy: {self._inflight} requests are waiting or running (the limit is {self.max_queue}, --max-queue); retry shortly.",
+                               type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+            self._inflight += 1
+        if (gone := CLIENT_GONE.get()) is not None: self._gone[id(req)] = gone   # set when the client hangs up
+        req.future.add_done_callback(self._finished)
         self.start(); self._q.put(req); return req.future
+
+    def _finished(self, fut):
+        with self._count_lock: self._inflight -= 1
 
 # %% ../../nbs/07c_engine.ipynb #7fd47f62
 @patch
@@ -248,7 +342,9 @@ def _loop(self:Batcher):
 @patch
 def _run(self:Batcher, reqs:list[GenRequest]):
     "Answer `reqs` (one stream, or a batch of plain requests) from one model; failures go to every future."
-    reqs = [req for req in reqs if req.future.set_running_or_notify_cancel()]
+    for req in [req for req in reqs if self._abandoned(req)]:   # its client left while it waited
+        if req.future.set_running_or_notify_cancel(): req.future.set_exception(ConnectionAbortedError("the client disconnected"))
+    reqs = [req for req in reqs if not req.future.done() and req.future.set_running_or_notify_cancel()]
     if not reqs: return
     first = reqs[0]
     try:
@@ -265,13 +361,36 @@ def _run(self:Batcher, reqs:list[GenRequest]):
             if not req.future.done(): req.future.set_exception(e)
 
 @patch
+def _abandoned(self:Batcher, req:GenRequest)->bool:
+    gone = self._gone.get(id(req))
+    if gone is not None and gone.is_set():
+        self._gone.pop(id(req), None); self.stats["streams_cancelled"] += 1; return True
+    return False
+
+@patch
 def _run_stream(self:Batcher, req:GenRequest, model, tok, kw:dict)->StreamResult:
+    "Generate one stream, handing each delta on; a client that hangs up stops it within one decoding step."
     tk = {k: v for k, v in req.tool_kwargs().items() if k != "parallel_tool_calls"}   # the stream's text is parsed by the caller (`infer.ToolDeltas`)
     parts,stream = [],self._stream(model, tok, req.messages, **kw, **tk)
-    for delta in stream: parts.append(delta); req.stream(delta)
-    return StreamResult("".join(parts), stream.prompt_tokens, stream.completion_tokens, stream.finish_reason)
+    try:
+        for delta in stream:
+            parts.append(delta); req.stream(delta)
+            if self._abandoned(req): stream.close(); break
+    finally: self._gone.pop(id(req), None)
+    return StreamResult("".join(parts), stream.prompt_tokens, stream.completion_tokens, stream.finish_reason or "stop")
 
 # %% ../../nbs/07c_engine.ipynb #3b0c1b8b
+CHAT_SPEC_FIELDS = frozenset({   # CreateChatCompletionRequest's properties in OpenAI's spec (../shared/openai-openapi)
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs", "max_completion_tokens", "max_tokens",
+    "messages", "metadata", "modalities", "model", "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
+    "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort", "response_format", "safety_identifier",
+    "seed", "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools", "top_logprobs",
+    "top_p", "user", "verbosity", "web_search_options"})
+
+def upstream_body(req:ChatRequest)->dict:
+    "The client's chat body fields an upstream backend gets: the spec's, less those the server sets (model, messages, stream)."
+    return req.model_dump(mode="json", exclude_none=True, include=set(CHAT_SPEC_FIELDS - {"model", "messages", "stream"}))
+
 def upstream_error(e:Exception)->APIError:
     "The `APIError` for a failed upstream call."
     import openai
@@ -280,7 +399,8 @@ def upstream_error(e:Exception)->APIError:
     return APIError(502, f"upstream backend failed: {type(e).__name__}: {str(e)[:300]}", type="server_error", code="upstream_error")
 
 def upstream_client(target:Target):
-    "An async `openai` client for `target`'s backend, with the operator's key for it."
+    "An async `openai` client for `target`'s declared backend, with the key declared for that URL."
+    assert target.backend is not None, "upstream targets come only from declared backends"
     key = os.environ.get(target.api_key_env, "") if target.api_key_env else ""
     return make_client(target.base_url, api_key=key or "no-key", async_=True, max_retries=1, timeout=120)
 
@@ -288,14 +408,14 @@ async def upstream_complete(target:Target, messages:list[dict], req:ChatRequest)
     "A chat completion from `target`'s backend."
     try:
         async with upstream_client(target) as client:
-            r = await client.chat.completions.create(model=target.model, messages=messages, **req.upstream_fields())
+            r = await client.chat.completions.create(model=target.model, messages=messages, extra_body=upstream_body(req))
         return r.model_dump(mode="json", exclude_none=True)
     except Exception as e: raise upstream_error(e) from e
 
 async def upstream_stream(target:Target, messages:list[dict], req:ChatRequest)->AsyncIterator[str]:
     "Server-sent events relayed from `target`'s backend (errors before the first chunk raise)."
     client = upstream_client(target)
-    try: up = await client.chat.completions.create(model=target.model, messages=messages, stream=True, **req.upstream_fields())
+    try: up = await client.chat.completions.create(model=target.model, messages=messages, stream=True, extra_body=upstream_body(req))
     except Exception as e: await client.close(); raise upstream_error(e) from e
     async def relay():
         try:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/07d_jobs.ipynb #46aa7e55
 from __future__ import annotations
-import csv, io, math, secrets, threading
+import csv, io, json, math, secrets, threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPE
 
 # %% auto #0
 __all__ = ['SERVER_RESTARTED', 'check_hyperparameters', 'openai_hyperparameters', 'training_configs', 'trained_hyperparameters',
-           'TrainPlan', 'Jobs', 'last_checkpoint', 'metrics_csv']
+           'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
 def check_hyperparameters(
@@ -121,10 +121,29 @@ def _ck_step(p:Path)->int:
     try: return int(p.name.rsplit("-", 1)[1])
     except (IndexError, ValueError): return -1
 
+_WEIGHTS = ("adapter_model.safetensors", "model.safetensors")
+
+def _complete_safetensors(p:Path)->bool:
+    "Is `p` a whole safetensors file: its header parses and the file is as long as the header says?"
+    try:
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000: return False
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k,v in header.items() if k != "__metadata__"), default=0)
+        return p.stat().st_size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError): return False
+
+def intact_checkpoint(ck:Path)->bool:
+    "Did the trainer finish writing checkpoint `ck`: its `trainer_state.json` (written last) parses and its weights are whole?"
+    try: json.loads((ck/"trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError): return False
+    return any(_complete_safetensors(ck/w) for w in _WEIGHTS if (ck/w).exists()) or any((ck/w).is_file() for w in ("adapter_model.bin", "pytorch_model.bin"))
+
 def last_checkpoint(out:Path)->Path|None:
-    "The highest `checkpoint-N` directory under `out`, if any."
+    "The newest *intact* `checkpoint-N` directory under `out` (a half-written last one is skipped), if any."
     cks = sorted((p for p in Path(out).glob("checkpoint-*") if p.is_dir() and _ck_step(p) >= 0), key=_ck_step)
-    return cks[-1] if cks else None
+    return next((ck for ck in reversed(cks) if intact_checkpoint(ck)), None)
 
 SERVER_RESTARTED = ("The server stopped while the job was running, before its first checkpoint; "
                     "create the job again (or lower hyperparameters.save_steps).")
@@ -233,6 +252,15 @@ def _record_checkpoints(self:Jobs, plan:TrainPlan):
                        metrics=CheckpointMetrics(step=step, train_loss=last.get("train_loss"), valid_loss=last.get("valid_loss")))
         self.store.insert("checkpoints", c.dump(), parent=job_id, internal={"path": str(ck), "base": plan.base})
         self.event(job_id, f"Checkpoint created at step {step}")
+
+# %% ../../nbs/07d_jobs.ipynb #94b6cef9
+@patch
+def checkpoints(self:Jobs, owner:str, job_id:str, after:str|None=None, limit:int=10)->tuple[list[dict], bool]:
+    "A page of the job's checkpoints that still exist (the trainer rotates old ones away; their records go with them)."
+    self.get(owner, job_id)
+    for c in self.store.page("checkpoints", parent=job_id, limit=100_000)[0]:
+        if not Path(self.store.internal("checkpoints", c["id"]).get("path", "")).is_dir(): self.store.delete("checkpoints", c["id"])
+    return self.store.page("checkpoints", parent=job_id, after=after, limit=limit)
 
 # %% ../../nbs/07d_jobs.ipynb #7b717a62
 def metrics_csv(rows:list[dict])->bytes:

@@ -10,18 +10,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 # %% auto #0
-__all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'BACKEND_KEY_ENV_RE', 'new_id', 'valid_id', 'now', 'APIError',
-           'hide_paths', 'not_found', 'APIModel', 'FileObject', 'Deleted', 'ListPage', 'JobError', 'FineTuningJob',
-           'JobEvent', 'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'ToolCallFunction', 'ToolCall', 'FunctionDef',
-           'ToolDef', 'NamedToolChoice', 'ChatMessage', 'ChatRequest', 'JobRequest', 'SimpleJobRequest',
-           'DeployRequest', 'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage', 'InferenceReply']
+__all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'new_id', 'valid_id', 'now', 'APIError', 'hide_paths', 'not_found',
+           'APIModel', 'FileObject', 'Deleted', 'ListPage', 'JobError', 'FineTuningJob', 'JobEvent',
+           'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'ToolCallFunction', 'ToolCall', 'FunctionDef', 'ToolDef',
+           'NamedToolChoice', 'ChatMessage', 'ChatRequest', 'JobRequest', 'SimpleJobRequest', 'DeployRequest',
+           'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage', 'InferenceReply']
 
 # %% ../../nbs/07a_protocol.ipynb #afcce831
 ID_PREFIXES = {"files": "file", "jobs": "ftjob", "events": "ftevent", "checkpoints": "ftckpt"}
 ID_RE = re.compile(r"(file|ftjob|ftevent|ftckpt)-[A-Za-z0-9]{24}")
 ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SUFFIX_RE = re.compile(r"[A-Za-z0-9_-]{0,64}")
-BACKEND_KEY_ENV_RE = re.compile(r"FINETUNE_NB_BACKEND_[A-Z0-9_]{1,100}")
 
 def new_id(
     kind:str, # a table: "files", "jobs", "events" or "checkpoints"
@@ -270,13 +269,13 @@ class SimpleJobRequest(BaseModel):
     seed: int|None = Field(None, ge=0, lt=2**31)
 
 class DeployRequest(BaseModel):
-    "`POST /v1/fine-tune/deploy`: `{model_id, alias}`."
+    "`POST /v1/fine-tune/deploy`: `{model_id, alias}` (+ `backend`, `shared`)."
     model_config = ConfigDict(extra="allow")
     alias: str = Field(min_length=1, max_length=64)          # name clients use as `model`
-    model_id: str|None = Field(None, min_length=1, max_length=256) # a model id (or the backend's model name when base_url is set)
+    model_id: str|None = Field(None, min_length=1, max_length=256) # a model id (or the backend's model name when `backend` is set)
     model: str|None = Field(None, min_length=1, max_length=256)    # another spelling of `model_id`
-    base_url: str|None = Field(None, max_length=2048)        # external OpenAI-compatible backend (e.g. a vLLM server)
-    api_key_env: str|None = Field(None, max_length=128)      # server env var holding the backend's key (must start FINETUNE_NB_BACKEND_)
+    backend: str|None = Field(None, min_length=1, max_length=64)   # an upstream backend the operator declared (`FINETUNE_NB_BACKENDS`), by name
+    shared: bool = False                                     # an alias every key can call and only admin keys change
 
     @property
     def target(self)->str:

@@ -173,6 +173,12 @@ class Files:
         self.store,self.root = store,Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def clean_partials(self)->int:
+        "Remove what a crash mid-upload left (`.pending-*` and temp files, never listed); the server calls this once it owns the dir."
+        partials = [p for p in self.root.glob(".*") if p.is_file()]
+        for p in partials: p.unlink(missing_ok=True)
+        return len(partials)
+
     def path(self, file_id:str)->Path:
         assert valid_id(file_id, "files")
         return self.root/file_id
