@@ -1,8 +1,10 @@
-"""Load on the deployment server: N concurrent chat requests over loopback, with and without batching.
+"""Load on the deployment server: N concurrent chat requests over loopback, with and without batching, plain and streamed.
 
 Starts `finetune-nb serve` (a real uvicorn process) twice on the tiny model: once with the micro-batching
 queue (`--max-batch 32`) and once generating one request at a time (`--max-batch 1`), and drives each with
 the official `openai` async client at the same concurrency. batching_gain = requests/s batched ÷ one-at-a-time.
+The batched server is also driven with `stream=True` requests (same count and concurrency): stream_vs_plain =
+streamed requests/s ÷ plain requests/s (streams share the batcher, so this should be near 1).
 
     python bench/serve_load.py [--requests 200] [--concurrency 32] [--max-tokens 16] [--baseline-requests 64]
 """
@@ -40,7 +42,7 @@ def start(model:str, state:Path, max_batch:int):
     p.kill(); raise SystemExit("server did not start")
 
 
-async def load(base_url:str, model:str, prompts:list, n:int, concurrency:int, max_tokens:int)->dict:
+async def load(base_url:str, model:str, prompts:list, n:int, concurrency:int, max_tokens:int, stream:bool=False)->dict:
     import openai
     client = openai.AsyncOpenAI(base_url=base_url, api_key="no-key", max_retries=0, timeout=600)
     await client.chat.completions.create(model=model, messages=prompts[0], max_tokens=max_tokens, temperature=0)   # load the model
@@ -50,8 +52,13 @@ async def load(base_url:str, model:str, prompts:list, n:int, concurrency:int, ma
         async with sem:
             t0 = time.perf_counter()
             try:
-                r = await client.chat.completions.create(model=model, messages=prompts[i % len(prompts)], max_tokens=max_tokens, temperature=0)
-                tokens += r.usage.completion_tokens; lat.append(time.perf_counter() - t0)
+                kw = dict(model=model, messages=prompts[i % len(prompts)], max_tokens=max_tokens, temperature=0)
+                if stream:
+                    usage = None
+                    async for ch in await client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}): usage = ch.usage or usage
+                    tokens += usage.completion_tokens
+                else: tokens += (await client.chat.completions.create(**kw)).usage.completion_tokens
+                lat.append(time.perf_counter() - t0)
             except Exception as e:
                 errors += 1; print("error:", type(e).__name__, str(e)[:200], file=sys.stderr)
     import httpx
@@ -83,15 +90,19 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         for name, mb, n in [("batched (max_batch=32)", 32, a.requests), ("one at a time (max_batch=1)", 1, a.baseline_requests)]:
             p, url = start(model, Path(d)/name.split()[0], mb)
-            try: rows[name] = asyncio.run(load(url, model, prompts, n, a.concurrency, a.max_tokens))
+            try:
+                rows[name] = asyncio.run(load(url, model, prompts, n, a.concurrency, a.max_tokens))
+                if mb > 1: rows["batched, streamed"] = asyncio.run(load(url, model, prompts, n, a.concurrency, a.max_tokens, stream=True))
             finally: p.send_signal(signal.SIGTERM); p.wait(30)
-    b, s = rows["batched (max_batch=32)"], rows["one at a time (max_batch=1)"]
+    b, s, st = rows["batched (max_batch=32)"], rows["one at a time (max_batch=1)"], rows["batched, streamed"]
     gain = b["rps"] / s["rps"] if s["rps"] else float("nan")
+    svp = st["rps"] / b["rps"] if b["rps"] else float("nan")
     print(f"\nServer load: model={model!r}, concurrency={a.concurrency}, max_tokens={a.max_tokens}, loopback, openai SDK")
     print(f"{'mode':<30}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'gen tok/s':>10}{'avg batch':>10}")
     for k, r in rows.items(): print(f"{k:<30}{r['n']:>9}{r['errors']:>7}{r['rps']:>8.2f}{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}{r['tok_s']:>10.1f}{r['avg_batch']:>10.1f}")
-    print(f"batching gain (req/s batched / one at a time): {gain:.2f}x\n")
-    print(f"rps={b['rps']:.2f} p50_ms={b['p50_ms']:.0f} p99_ms={b['p99_ms']:.0f} errors={b['errors'] + s['errors']} batching_gain={gain:.2f}")
+    print(f"batching gain (req/s batched / one at a time): {gain:.2f}x; streamed / plain: {svp:.2f}\n")
+    print(f"rps={b['rps']:.2f} p50_ms={b['p50_ms']:.0f} p99_ms={b['p99_ms']:.0f} errors={b['errors'] + s['errors'] + st['errors']} batching_gain={gain:.2f} "
+          f"stream_rps={st['rps']:.2f} stream_vs_plain={svp:.2f}")
 
 
 if __name__ == "__main__": main()

@@ -678,7 +678,8 @@ def serve(
     port:int=8000,                   # TCP port
     data_dir:str|None=None,          # data directory (default `$FINETUNE_NB_DATA_DIR`)
     state_dir:str|None=None,         # the server's files, jobs and database (default DATA_DIR/serve)
-    max_upload_bytes:int|None=None,  # request body limit in bytes, counted as the body streams in (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    max_upload_bytes:int|None=None,  # file upload limit in bytes, counted as the body streams in (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    max_body_bytes:int|None=None,    # limit in bytes of every other (JSON) request body (default `$FINETUNE_NB_MAX_BODY_BYTES` or 16 MiB)
     backends:str|None=None,          # upstream backends aliases may use, as JSON {name: {"url": ..., "key_env": VAR}} or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
     base_model:list[str]|None=None,  # a base model to serve (repeatable; default `$FINETUNE_NB_BASE_MODELS` or the tiny model)
     model_map:str|None=None,         # OpenAI model names served by local base models, e.g. gpt-4o-mini-2024-07-18=finetune-nb/tiny (default `$FINETUNE_NB_MODEL_MAP`)
@@ -691,7 +692,7 @@ def serve(
 )->int:
     "Start the OpenAI-compatible fine-tuning and inference server (API keys: `$FINETUNE_NB_API_KEYS`, admin keys: `$FINETUNE_NB_ADMIN_KEYS`, comma-separated; one server per state dir)."
     from finetune_nb.serve import run_server
-    run_server(host=host, port=port, data_dir=data_dir, log_level=log_level, max_upload_bytes=max_upload_bytes, state_dir=state_dir, backends=backends,
+    run_server(host=host, port=port, data_dir=data_dir, log_level=log_level, max_upload_bytes=max_upload_bytes, max_body_bytes=max_body_bytes, state_dir=state_dir, backends=backends,
                base_models=base_model, model_map=model_map, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_loaded=max_loaded, max_queue=max_queue,
                run_jobs=not no_jobs)
     return 0

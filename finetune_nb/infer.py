@@ -184,6 +184,41 @@ def _stopping(tokenizer, stops:list[str], n_prompt:int, extra=())->list:
     return StoppingCriteriaList(([StopOnStrings()] if stops else []) + list(extra))
 
 # %% ../nbs/04b_infer.ipynb #1a68002e
+class _RowDeltas:
+    "A streamer for a batch: hands each row's new reply text to that row's callback as tokens are decoded."
+    def __init__(self, tokenizer, eos:set, prefix:str, stops:list[str], on_delta:list):
+        self.tok,self.eos,self.prefix,self.stops,self.on = tokenizer,eos,prefix,stops,on_delta
+        self.ids,self.sent,self.done,self.prompt_seen = [[] for _ in on_delta],[""]*len(on_delta),[f is None for f in on_delta],False
+        self.hold = max((len(s) for s in stops), default=1) - 1   # a stop string may still be forming in the last characters
+
+    def put(self, value):
+        if not self.prompt_seen: self.prompt_seen = True; return   # the first call carries the prompts
+        for i, t in enumerate(value.flatten().tolist()):
+            if self.done[i]: continue
+            if t in self.eos: self.done[i] = True; continue
+            self.ids[i].append(t)
+            text, hit = _cut_at_stop(self.prefix + self.tok.decode(self.ids[i], skip_special_tokens=True), self.stops)
+            if hit: self.done[i] = True
+            elif text.endswith("\ufffd"): continue   # a character split across tokens: wait for the rest
+            else: text = text[:len(text) - self.hold]
+            self.send(i, text)
+
+    def send(self, i:int, text:str):
+        "Send row `i` what `text` adds to what it already has."
+        if len(text) > len(self.sent[i]) and text.startswith(self.sent[i]):
+            self.on[i](text[len(self.sent[i]):]); self.sent[i] = text
+
+    def end(self): pass
+
+def _cancel_rows(cancelled:list):
+    "A stopping criterion: rows whose `cancelled()` is true stop after this step."
+    import torch
+    from transformers import StoppingCriteria
+    class CancelRows(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            return torch.tensor([bool(c is not None and c()) for c in cancelled], dtype=torch.bool, device=input_ids.device)
+    return CancelRows()
+
 def generate_chat(
     model,                     # a causal LM (optionally a PeftModel)
     tokenizer,                 # its tokenizer (chat template, pad token)
@@ -197,6 +232,8 @@ def generate_chat(
     tools:list|None=None,      # OpenAI-shaped tool definitions offered to the model (the same for every conversation)
     tool_choice:str|dict|None=None, # "auto" (default), "none" (no call is parsed), "required" or a named function (the reply is started with the call)
     parallel_tool_calls:bool=True,  # False keeps only the first call
+    on_delta:list|None=None,   # per conversation, None or a callable given the reply's raw text as it is decoded (tool calls unparsed)
+    cancelled:list|None=None,  # per conversation, None or a callable; when it returns True that reply stops after the current step
 )->list[Generation]:           # one per conversation, same order
     "Generate one assistant reply per conversation, batched with left padding, with the model's chat template."
     import torch
@@ -204,20 +241,24 @@ def generate_chat(
     kw = _gen_kwargs(model, tokenizer, max_new_tokens, temperature, top_p, stops, seed)
     prefix = tool_prefix(tool_choice) if tools else ""
     prompts = [build_prompt(tokenizer, c, tools) + prefix for c in conversations]
+    on_delta, cancelled = on_delta or [None]*len(prompts), cancelled or [None]*len(prompts)
     tokenizer.padding_side, pad = "left", tokenizer.pad_token_id
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[i:i+batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        n_prompt = enc["input_ids"].shape[1]
-        with torch.no_grad(): seqs = model.generate(**enc, **kw, stopping_criteria=_stopping(tokenizer, stops, n_prompt))
-        for row, mask in zip(seqs[:, n_prompt:].tolist(), enc["attention_mask"]):
-            hit_eos = next((j for j, t in enumerate(row) if t in eos), None)
+        n_prompt, rows = enc["input_ids"].shape[1], slice(i, i+batch_size)
+        streamer = _RowDeltas(tokenizer, eos, prefix, stops, on_delta[rows]) if any(on_delta[rows]) else None
+        extra = [_cancel_rows(cancelled[rows])] if any(cancelled[rows]) else []
+        with torch.no_grad(): seqs = model.generate(**enc, **kw, streamer=streamer, stopping_criteria=_stopping(tokenizer, stops, n_prompt, extra))
+        for j, (row, mask) in enumerate(zip(seqs[:, n_prompt:].tolist(), enc["attention_mask"])):
+            hit_eos = next((k for k, t in enumerate(row) if t in eos), None)
             if hit_eos is not None: row = row[:hit_eos+1]
             else:
                 while row and row[-1] == pad: row = row[:-1]   # rows finished early (stop string) are padded
             text = tokenizer.decode(row if hit_eos is None else row[:hit_eos], skip_special_tokens=True)
             text, hit_stop = _cut_at_stop(prefix + text, stops)
+            if streamer is not None and streamer.on[j] is not None: streamer.send(j, text)   # the rest of the raw reply
             reason = "stop" if hit_eos is not None or hit_stop or len(row) < max_new_tokens else "length"
             calls = None
             if tools and tool_choice != "none":

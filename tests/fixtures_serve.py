@@ -74,12 +74,26 @@ def serve_base_model(request)->str:
         return request.getfixturevalue("tiny_random_path")
 
 
-@pytest.fixture
-def start_server(tmp_path, serve_base_model):
-    "Factory: `start_server(name='a', api_keys=None, extra_args=(), state_dir=None)` -> started `ServerProc`; all stopped at teardown."
+def _server_factory(root:Path, base:str):
+    "`(start, procs)`: `start(name='a', api_keys=None, extra_args=(), state_dir=None, env=None, base_model=None)` -> a started `ServerProc`."
     procs = []
     def start(name="a", api_keys=None, extra_args=(), state_dir=None, env=None, base_model=None):
-        p = ServerProc(state_dir or tmp_path/f"serve-{name}", base_model or serve_base_model, api_keys, extra_args, env).start()
+        p = ServerProc(state_dir or root/f"serve-{name}", base_model or base, api_keys, extra_args, env).start()
         procs.append(p); return p
+    return start, procs
+
+
+@pytest.fixture
+def start_server(tmp_path, serve_base_model):
+    "Factory of servers for one test; all stopped at its teardown."
+    start, procs = _server_factory(tmp_path, serve_base_model)
+    yield start
+    for p in procs: p.stop()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory, serve_base_model):
+    "Factory of servers shared by a module's tests (one process start instead of one per test); stopped after the module."
+    start, procs = _server_factory(tmp_path_factory.mktemp("serve"), serve_base_model)
     yield start
     for p in procs: p.stop()

@@ -15,7 +15,7 @@ def demo_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("migrate-data")
     return write_openai_jsonl(train, d/"train.jsonl"), write_openai_jsonl(test[:24], d/"valid.jsonl")
 
-def source_job(server, files, steps=STEPS):
+def source_job(server, files, steps=STEPS)->tuple:
     "A succeeded fine-tuning job on the 'OpenAI' server, created through the OpenAI-compatible API."
     ft = OpenAIFineTuner(base_url=server.base_url, api_key="no-key")
     run = ft.fine_tune(files[0], model="finetune-nb/tiny", validation_data=files[1], suffix="triage", seed=7,
@@ -24,9 +24,15 @@ def source_job(server, files, steps=STEPS):
     assert run.job.status == "succeeded"
     return ft, run.job
 
-def test_migration_between_two_servers(start_server, demo_files, tmp_path):
-    openai_srv, local_srv = start_server("openai"), start_server("local")
-    src, job = source_job(openai_srv, demo_files)
+@pytest.fixture(scope="module")
+def openai_srv(module_server): return module_server("openai")   # plays OpenAI for the module's tests
+
+@pytest.fixture(scope="module")
+def source(openai_srv, demo_files): return source_job(openai_srv, demo_files)
+
+def test_migration_between_two_servers(start_server, openai_srv, source, demo_files, tmp_path):
+    local_srv = start_server("local")
+    src, job = source
     folder = tmp_path/"mig"
     res = migrate(job.job_id, src, target="finetune-nb/tiny", target_url=local_srv.base_url, alias="support-triage",
                   folder=folder, eval_limit=8, max_tokens=40, overrides={"max_steps": STEPS}, poll_interval=0.5)
@@ -54,9 +60,8 @@ def test_migration_between_two_servers(start_server, demo_files, tmp_path):
     assert m["verdict"] == res.verdict and m["local_model"] == res.local_model and (run/"migrate.ipynb").exists()
     assert len(OpenAIFineTuner(base_url=local_srv.base_url).list_jobs()) == n_jobs
 
-def test_bad_inputs_stop_clearly_and_stay_resumable(start_server, demo_files, tmp_path):
-    srv = start_server("openai")
-    ft = OpenAIFineTuner(base_url=srv.base_url, api_key="no-key")
+def test_bad_inputs_stop_clearly_and_stay_resumable(openai_srv, source, demo_files, tmp_path):
+    srv, (ft, job) = openai_srv, source
     with pytest.raises(MigrationError, match="cannot read source job 'ftjob-doesnotexist'"):
         migrate("ftjob-doesnotexist", ft, folder=tmp_path/"a")
     # a job that never succeeded
@@ -65,7 +70,6 @@ def test_bad_inputs_stop_clearly_and_stay_resumable(start_server, demo_files, tm
     with pytest.raises(MigrationError, match=r"is 'cancelled'.*only a succeeded job"):
         migrate(j.job_id, ft, folder=tmp_path/"b")
     # files that fail validation: the downloaded file is broken by hand, then fixed; the re-run continues
-    _, job = source_job(srv, demo_files, steps=2)
     m = Migration(job.job_id, "finetune-nb/tiny", folder=tmp_path/"c", source=ft)
     m._step_source()
     p = tmp_path/"c"/"source"/"train.jsonl"; good = p.read_bytes()

@@ -22,8 +22,14 @@ def err(r:httpx.Response)->dict:
     return e
 
 
-def test_auth_and_bad_input(start_server):
-    srv = start_server("auth", api_keys=KEYS, extra_args=["--max-upload-bytes", "20000"])
+@pytest.fixture(scope="module")
+def keyed(module_server):
+    "One server for the auth and chat tests: two keys, a 20 kB upload limit."
+    return module_server("auth", api_keys=KEYS, extra_args=["--max-upload-bytes", "20000"])
+
+
+def test_auth_and_bad_input(keyed):
+    srv = keyed
     u, ha, hb = srv.url, {"Authorization": f"Bearer {KEY_A}"}, {"Authorization": f"Bearer {KEY_B}"}
     # auth: every route but /health
     assert httpx.get(u + "/health").status_code == 200
@@ -85,9 +91,9 @@ def test_auth_and_bad_input(start_server):
     assert KEY_A not in srv.read_log() and KEY_B not in srv.read_log()
 
 
-def test_chat_stream_stop_and_batching(start_server):
-    srv = start_server("chat")
-    c = srv.client()
+def test_chat_stream_stop_and_batching(keyed):
+    srv, ha = keyed, {"Authorization": f"Bearer {KEY_A}"}
+    c = srv.client(KEY_A)
     base = next(m.id for m in c.models.list() if "tiny" in m.id)
     msgs = [{"role": "system", "content": "Reply with JSON."}, {"role": "user", "content": "My card was charged twice!"}]
     r = c.chat.completions.create(model=base, messages=msgs, max_tokens=12, temperature=0)
@@ -116,8 +122,18 @@ def test_chat_stream_stop_and_batching(start_server):
     with cf.ThreadPoolExecutor(8) as ex:
         outs = list(ex.map(lambda p: c.chat.completions.create(model=base, messages=p, max_tokens=6, temperature=0).choices[0].message.content, prompts))
     assert outs[:2] == solo
-    m = httpx.get(srv.url + "/metrics").text
+    m = httpx.get(srv.url + "/metrics", headers=ha).text
     assert int(float(m.split("finetune_nb_max_batch_seen ")[1].split()[0])) > 1
+    # streams join the same batches (mixed with plain requests) and each streams its own answer
+    def streamed(p): return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(model=base, messages=p, max_tokens=6, temperature=0, stream=True) if ch.choices)
+    batches = lambda: float(httpx.get(srv.url + "/metrics", headers=ha).text.split("finetune_nb_batches ")[1].split()[0])
+    before = batches()
+    with cf.ThreadPoolExecutor(8) as ex:
+        mixed = list(ex.map(lambda ip: streamed(ip[1]) if ip[0] % 2 else c.chat.completions.create(model=base, messages=ip[1], max_tokens=6, temperature=0).choices[0].message.content, enumerate(prompts)))
+    assert mixed == outs
+    before = batches()
+    with cf.ThreadPoolExecutor(8) as ex: assert list(ex.map(streamed, prompts)) == outs
+    assert batches() - before < len(prompts)   # fewer generate calls than streams: they were batched (one at a time would be 8)
 
 
 def _seed_model(state_dir:Path, base:str, adapter:str, model_id="ft:tiny-random:seeded:ftjob-" + "c" * 24):

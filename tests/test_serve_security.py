@@ -7,6 +7,7 @@ import httpx, pytest
 KEY_A, KEY_B, ADMIN = "sk-team-a-0123456789", "sk-team-b-0123456789", "sk-admin-0123456789"
 KEYS = f"{KEY_A},{KEY_B},{ADMIN}"
 SECRET = "sk-operator-backend-secret-42"
+UPLOAD_LIMIT = 8_000_000   # large enough that allocator noise (a few MB) is not mistaken for a body held in memory
 
 
 class Capture:
@@ -32,20 +33,29 @@ class Capture:
     def close(self): self.srv.shutdown()
 
 
-@pytest.fixture
-def capture():
+@pytest.fixture(scope="module")
+def _capture():
     c = Capture(); yield c; c.close()
+
+
+@pytest.fixture
+def capture(_capture):
+    "The module's capture server, with no requests recorded yet."
+    _capture.requests.clear(); return _capture
 
 
 def h(key): return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture
-def team(start_server, capture):
-    "A server with three keys (one admin) and one operator-declared backend pointing at the capture server."
-    backends = json.dumps({"upstream": {"url": capture.url + "/v1", "key_env": "FINETUNE_NB_BACKEND_UPSTREAM"}})
-    return start_server("team", api_keys=KEYS, env={"FINETUNE_NB_ADMIN_KEYS": ADMIN, "FINETUNE_NB_BACKENDS": backends,
-                                                     "FINETUNE_NB_BACKEND_UPSTREAM": SECRET, "FINETUNE_NB_BACKEND_OPENAI": "sk-other-secret"})
+@pytest.fixture(scope="module")
+def team(module_server, _capture):
+    "One server for the module's tests: three keys (one admin), one declared backend (the capture server), an 8 MB upload limit."
+    backends = json.dumps({"upstream": {"url": _capture.url + "/v1", "key_env": "FINETUNE_NB_BACKEND_UPSTREAM"}})
+    return module_server("team", api_keys=KEYS, extra_args=["--max-upload-bytes", str(UPLOAD_LIMIT)], env={"FINETUNE_NB_ADMIN_KEYS": ADMIN, "FINETUNE_NB_BACKENDS": backends,
+                                                     "FINETUNE_NB_BACKEND_UPSTREAM": SECRET, "FINETUNE_NB_BACKEND_OPENAI": "sk-other-secret",
+                                                     # what the openai SDK would pick up from the operator's environment
+                                                     "OPENAI_API_KEY": "sk-operator-openai", "OPENAI_ORG_ID": "org-operator", "OPENAI_PROJECT_ID": "proj-operator",
+                                                     "OPENAI_CUSTOM_HEADERS": "X-Operator: op-secret"})
 
 
 def test_callers_cannot_point_an_alias_at_a_url(team, capture):
@@ -71,6 +81,7 @@ def test_declared_backend_gets_its_own_key_and_only_spec_fields(team, capture):
     (req,) = capture.requests
     assert req["headers"]["authorization"] == f"Bearer {SECRET}"                  # the backend's own key ...
     assert KEY_A not in json.dumps(req) and "sk-other-secret" not in json.dumps(req)  # ... and no one else's
+    assert not any(s in json.dumps(req) for s in ("sk-operator-openai", "org-operator", "proj-operator", "op-secret")), req["headers"]
     assert "x-evil" not in req["headers"] and "authorization-extra" not in req["headers"] and "evil" not in req["path"]
     assert req["path"].endswith("/v1/chat/completions") and "not_a_spec_field" not in req["body"]
     assert req["body"]["model"] == "upstream-model" and req["body"]["max_tokens"] == 5
@@ -117,8 +128,8 @@ def test_client_mistakes_are_4xx(team):
                                                              "seed": 99999999999999999999999, "max_tokens": 1})
         assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
         rec = {"messages": [{"role": "user", "content": "x" * 1_500_000}, {"role": "assistant", "content": "y"}]}
-        r = cl.post(team.url + "/v1/files", files={"file": ("big.jsonl", (json.dumps(rec) + "\n") * 10)}, data={"purpose": "fine-tune"})
-        assert 400 <= r.status_code < 500
+        r = cl.post(team.url + "/v1/files", files={"file": ("big.jsonl", (json.dumps(rec) + "\n") * 3)}, data={"purpose": "fine-tune"})
+        assert 400 <= r.status_code < 500 and r.status_code != 413   # under the upload limit: the file itself is refused
         assert cl.get(team.url + "/health").status_code == 200
 
 
@@ -160,10 +171,10 @@ def _counter(srv, name:str)->float:
     return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(f"finetune_nb_{name} "))
 
 
-def test_chunked_oversize_body_is_refused_as_it_streams(start_server):
+def test_chunked_oversize_body_is_refused_as_it_streams(team):
     "Hole 4: a body without Content-Length is counted as it arrives: 413, and the server's memory grows by less than 2x the limit."
-    limit = 8_000_000   # large enough that allocator noise (a few MB) is not mistaken for a body held in memory
-    srv = start_server("small", api_keys=KEYS, extra_args=["--max-upload-bytes", str(limit)])
+    srv, limit = team, UPLOAD_LIMIT
+    refused = _counter(srv, "uploads_too_large")
     def chunks(total:int, piece:bytes=b'{"messages": [' + b"x" * 65_000 + b"]}\n"):
         for _ in range(total // len(piece)): yield piece
     def form(total:int):   # a multipart upload streamed without Content-Length (httpx sends generators chunked)
@@ -182,7 +193,7 @@ def test_chunked_oversize_body_is_refused_as_it_streams(start_server):
             try: statuses.append(cl.post(url, **kw).status_code)
             except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError): statuses.append("closed")   # the server stopped reading
     assert set(statuses) <= {413, "closed"} and 413 in statuses, statuses
-    assert _counter(srv, "uploads_too_large") == 2
+    assert _counter(srv, "uploads_too_large") - refused == 2
     assert _rss(srv.proc.pid) - before < 2 * limit
     with httpx.Client(headers=h(KEY_A), timeout=30) as cl: assert cl.get(srv.url + "/health").status_code == 200
 
@@ -242,10 +253,16 @@ def test_a_restart_keeps_only_what_is_whole(start_server, tmp_path, serve_base_m
     assert [ck.step_number for ck in c.fine_tuning.jobs.checkpoints.list(jobs["succeeded"])] == [3]
 
 
-def test_queue_depth_is_bounded(start_server):
+@pytest.fixture(scope="module")
+def one_at_a_time(module_server):
+    "A server that generates one request at a time and lets 3 wait or run."
+    return module_server("one-at-a-time", api_keys=KEYS, extra_args=["--max-queue", "3", "--max-batch", "1"])
+
+
+def test_queue_depth_is_bounded(one_at_a_time):
     "Beyond --max-queue waiting or running chat requests, the next is a 429 with Retry-After (the openai SDK retries those); the rest are answered."
     import concurrent.futures as cf
-    srv = start_server("queue", api_keys=KEYS, extra_args=["--max-queue", "2", "--max-batch", "1"])
+    srv = one_at_a_time
     body = {"model": srv.base_model, "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 40, "temperature": 0}
     def ask(_):
         r = httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json=body, timeout=300)
@@ -257,9 +274,10 @@ def test_queue_depth_is_bounded(start_server):
     assert httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json={**body, "max_tokens": 1}, timeout=300).status_code == 200
 
 
-def test_a_hung_up_stream_stops_generating(start_server):
-    "Hole 6: streams whose clients hang up stop (the running one within a decoding step, the queued ones before they start)."
-    srv = start_server("hangup", api_keys=KEYS, extra_args=["--max-batch", "1"])
+def test_a_hung_up_stream_stops_generating(one_at_a_time):
+    "Hole 6: requests whose clients hang up stop (a running one within a decoding step, queued ones before they start), streaming or not."
+    srv = one_at_a_time
+    already = _counter(srv, "streams_cancelled")
     body = {"model": srv.base_model, "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 400, "temperature": 0, "stream": True}
     clients = [httpx.Client(headers=h(KEY_A), timeout=300) for _ in range(3)]
     streams = [cl.stream("POST", srv.url + "/v1/chat/completions", json=body) for cl in clients]
@@ -269,7 +287,12 @@ def test_a_hung_up_stream_stops_generating(start_server):
     for s, cl in zip(streams, clients): s.__exit__(None, None, None); cl.close()   # every client hangs up
     deadline, cancelled = time.monotonic() + 120, 0
     while time.monotonic() < deadline and cancelled < 3:
-        cancelled = _counter(srv, "streams_cancelled"); time.sleep(0.5)
+        cancelled = _counter(srv, "streams_cancelled") - already; time.sleep(0.5)
     assert cancelled == 3
+    # a plain (non-streaming) request whose client gives up stops too
+    with pytest.raises(httpx.ReadTimeout): httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json={**body, "stream": False}, timeout=0.3)
+    while time.monotonic() < deadline and cancelled < 4:
+        cancelled = _counter(srv, "streams_cancelled") - already; time.sleep(0.2)
+    assert cancelled == 4
     r = httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json={**body, "stream": False, "max_tokens": 1}, timeout=300)
     assert r.status_code == 200

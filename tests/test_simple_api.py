@@ -61,8 +61,16 @@ def test_simple_api_shapes_and_alias_survives_sigkill(start_server, tmp_path):
     assert httpx.get(f"{srv2.url}/v1/fine-tune/jobs/{created['job_id']}").json()["fine_tuned_model"] == ft
 
 
-def test_simple_api_bad_requests(start_server):
-    srv = start_server("simple-bad")
+MINI, BIG = "gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06"
+
+@pytest.fixture(scope="module")
+def mapped(module_server):
+    "One server for the bad-request and model-map tests; OpenAI's model names map to the tiny model."
+    return module_server("mapped", extra_args=["--model-map", f"{MINI}=finetune-nb/tiny,{BIG}=finetune-nb/tiny"], base_model="finetune-nb/tiny")
+
+
+def test_simple_api_bad_requests(mapped):
+    srv = mapped
     u = srv.url
     assert httpx.post(u + "/v1/fine-tune/deploy", json={"alias": "x"}).json()["error"]["param"] == "model_id"
     assert httpx.post(u + "/v1/fine-tune/deploy", json={"alias": "x", "model_id": "ft:nope"}).status_code == 404
@@ -74,8 +82,8 @@ def test_simple_api_bad_requests(start_server):
     from finetune_nb.demo import make_demo_data
     r = httpx.post(u + "/v1/fine-tune/jobs", json={"training_data": make_demo_data(n_train=12, n_test=0, seed=4)[0], "hyperparameters": HP})
     assert r.status_code == 200 and r.json()["model"] == srv.base_model, r.text
-    assert srv.client().fine_tuning.jobs.cancel(r.json()["job_id"]).status == "cancelled"
-    assert [f.filename for f in srv.client().files.list()] == ["training_data.jsonl"]
+    job = srv.client().fine_tuning.jobs.cancel(r.json()["job_id"])
+    assert job.status == "cancelled" and srv.client().files.retrieve(job.training_file).filename == "training_data.jsonl"
 
 
 def test_model_map_env(monkeypatch):
@@ -85,10 +93,9 @@ def test_model_map_env(monkeypatch):
     assert parse_model_map("a=b") == {"a": "b"}   # the --model-map option wins over the environment
 
 
-def test_model_map_openai_names_fine_tune_and_chat(start_server):
+def test_model_map_openai_names_fine_tune_and_chat(mapped):
     "Client code that names OpenAI models runs unchanged: the operator maps the names to a local base model."
-    mini, big = "gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06"
-    srv = start_server("mapped", extra_args=["--model-map", f"{mini}=finetune-nb/tiny,{big}=finetune-nb/tiny"], base_model="finetune-nb/tiny")
+    mini, big, srv = MINI, BIG, mapped
     c = srv.client()
     assert {mini, big, "finetune-nb/tiny"} <= {m.id for m in c.models.list()}
     assert c.models.retrieve(mini).id == mini

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/07e_app.ipynb #d7cda943
 from __future__ import annotations
-import hashlib, hmac, json, os, re, secrets, threading, time
+import asyncio, hashlib, hmac, json, os, re, secrets, threading, time
 from collections import defaultdict
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,9 +26,9 @@ from ..data import normalize_messages
 from .jobs import Jobs
 
 # %% auto #0
-__all__ = ['DEFAULT_MAX_UPLOAD', 'REQUEST_ID_RE', 'MIDDLEWARE', 'EXCEPTION_HANDLERS', 'Svc', 'Owner', 'ops', 'files',
-           'fine_tuning', 'models', 'chat', 'simple', 'ROUTERS', 'LOOPBACK', 'default_base_models', 'Service',
-           'owner_of_key', 'api_keys_from', 'request_id', 'record_metrics', 'require_key', 'limit_size',
+__all__ = ['DEFAULT_MAX_UPLOAD', 'DEFAULT_MAX_BODY', 'REQUEST_ID_RE', 'MIDDLEWARE', 'EXCEPTION_HANDLERS', 'Svc', 'Owner', 'ops',
+           'files', 'fine_tuning', 'models', 'chat', 'simple', 'ROUTERS', 'LOOPBACK', 'default_base_models', 'Service',
+           'owner_of_key', 'api_keys_from', 'request_id', 'record_metrics', 'require_key', 'body_limit', 'limit_size',
            'internal_errors', 'BodyLimit', 'api_error', 'invalid_request', 'http_error', 'package_error', 'service',
            'owner', 'health', 'metrics', 'create_file', 'list_files', 'get_file', 'delete_file', 'file_content',
            'create_job', 'list_jobs', 'get_job', 'cancel_job', 'job_events', 'job_checkpoints', 'list_models',
@@ -36,7 +36,8 @@ __all__ = ['DEFAULT_MAX_UPLOAD', 'REQUEST_ID_RE', 'MIDDLEWARE', 'EXCEPTION_HANDL
            'simple_inference', 'simple_models', 'create_app', 'import_model_libraries', 'run_server', 'ServerThread']
 
 # %% ../../nbs/07e_app.ipynb #e3aca9de
-DEFAULT_MAX_UPLOAD = 512 * 1024**2
+DEFAULT_MAX_UPLOAD = 512 * 1024**2   # file uploads
+DEFAULT_MAX_BODY = 16 * 1024**2      # every other request body (JSON)
 
 def default_base_models()->list[str]:
     "`$FINETUNE_NB_BASE_MODELS` (comma-separated), or the embedded tiny model."
@@ -138,12 +139,18 @@ async def require_key(request:Request, call_next):
     request.state.admin = not keys or bool(key and _known(key, request.app.state.admin_keys))   # without auth the one local user is the admin
     return await call_next(request)
 
+def body_limit(scope)->tuple[int, str]:
+    "The body limit for a request and the setting that sets it: file uploads get `max_upload_bytes`, every other (JSON) body `max_body_bytes`."
+    state = scope["app"].state
+    if scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/files": return state.max_upload_bytes, "FINETUNE_NB_MAX_UPLOAD_BYTES, --max-upload-bytes"
+    return state.max_body_bytes, "FINETUNE_NB_MAX_BODY_BYTES, --max-body-bytes"
+
 async def limit_size(request:Request, call_next):
-    "413 when `Content-Length` exceeds the upload limit (bodies without one are counted by `BodyLimit`)."
-    size,limit = request.headers.get("content-length"),request.app.state.max_upload_bytes
+    "413 when `Content-Length` exceeds the body limit (bodies without one are counted by `BodyLimit`)."
+    size,(limit,setting) = request.headers.get("content-length"),body_limit(request.scope)
     if size is not None and (not size.isdigit() or int(size) > limit):
         request.app.state.service.metrics["uploads_too_large"] += 1
-        return APIError(413, f"Request body of {size[:20]} bytes exceeds the limit of {limit} bytes (FINETUNE_NB_MAX_UPLOAD_BYTES).", code="request_too_large").response()
+        return APIError(413, f"Request body of {size[:20]} bytes exceeds the limit of {limit} bytes ({setting}).", code="request_too_large").response()
     return await call_next(request)
 
 async def internal_errors(request:Request, call_next):
@@ -157,12 +164,12 @@ MIDDLEWARE = (internal_errors, limit_size, require_key, record_metrics, request_
 
 # %% ../../nbs/07e_app.ipynb #0b9a4988
 class BodyLimit:
-    "ASGI middleware: counts request body bytes as they stream in (chunked or not) and answers 413 once they pass `app.state.max_upload_bytes`."
+    "ASGI middleware: counts request body bytes as they stream in (chunked or not) and answers 413 once they pass the request's `body_limit`."
     def __init__(self, app): self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
-        state,limit = {"seen": 0, "over": False, "started": False},scope["app"].state.max_upload_bytes
+        state,(limit,setting) = {"seen": 0, "over": False, "started": False},body_limit(scope)
         async def counted():
             if state["over"]: return {"type": "http.disconnect"}
             msg = await receive()
@@ -178,7 +185,7 @@ class BodyLimit:
             if not state["over"]: raise
         if state["over"] and not state["started"]:
             scope["app"].state.service.metrics["uploads_too_large"] += 1
-            await APIError(413, f"Request body exceeds the limit of {limit} bytes (FINETUNE_NB_MAX_UPLOAD_BYTES, --max-upload-bytes).",
+            await APIError(413, f"Request body exceeds the limit of {limit} bytes ({setting}).",
                            code="request_too_large", headers={"Connection": "close"}).response()(scope, receive, send)
 
 # %% ../../nbs/07e_app.ipynb #cbf6e30b
@@ -305,17 +312,26 @@ async def _until_gone(chunks, gone:threading.Event):
         async for chunk in chunks: yield chunk
     finally: gone.set()
 
+async def _watch(request:Request, gone:threading.Event):
+    "Set `gone` when the client of a plain (non-streaming) request hangs up while its reply is generated (the caller cancels this when done)."
+    while (await request.receive())["type"] != "http.disconnect": pass   # the body is read: only a disconnect can come
+    gone.set()
+
 @chat.post("/completions")
-async def chat_completions(svc:Svc, who:Owner, req:ChatRequest):
+async def chat_completions(request:Request, svc:Svc, who:Owner, req:ChatRequest):
     "OpenAI chat completions (also `stream: true` as server-sent events); `model` may be an alias."
     target = svc.models.resolve(who, req.model)
     await _fits(svc, target, req)
-    if req.stream:
-        gone = threading.Event(); token = CLIENT_GONE.set(gone)   # the batcher stops the stream when this is set
-        try: chunks = await svc.chat.stream(target, req)
-        finally: CLIENT_GONE.reset(token)
-        return StreamingResponse(_until_gone(chunks, gone), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    return await svc.chat.complete(target, req)
+    gone = threading.Event(); token = CLIENT_GONE.set(gone)   # the batcher stops this request's generation when it is set
+    try:
+        if req.stream:
+            chunks = await svc.chat.stream(target, req)
+            return StreamingResponse(_until_gone(chunks, gone), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        watch = asyncio.create_task(_watch(request, gone))
+        try: return await svc.chat.complete(target, req)
+        except ConnectionAbortedError: return Response(status_code=499)   # nobody is left to read it (nginx's "client closed request")
+        finally: watch.cancel()
+    finally: CLIENT_GONE.reset(token)
 
 # %% ../../nbs/07e_app.ipynb #802803e1
 simple = APIRouter(prefix="/v1/fine-tune", tags=["simple API"])
@@ -364,7 +380,8 @@ ROUTERS = (ops, files, fine_tuning, models, chat, simple)
 def create_app(
     data_dir:str|Path|None=None,      # state directory (default `$FINETUNE_NB_DATA_DIR`)
     api_keys:list[str]|str|None=None, # accepted bearer keys (default `$FINETUNE_NB_API_KEYS`; empty = no auth)
-    max_upload_bytes:int|None=None,   # request size limit (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    max_upload_bytes:int|None=None,   # file upload size limit (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    max_body_bytes:int|None=None,     # size limit of every other (JSON) request body (default `$FINETUNE_NB_MAX_BODY_BYTES` or 16 MiB)
     admin_keys:list[str]|str|None=None, # keys that also manage shared aliases (default `$FINETUNE_NB_ADMIN_KEYS`; they are accepted keys too)
     **service_kw,                     # passed to `Service` (state_dir, base_models, model_map, max_loaded, max_batch, batch_wait_ms, loader, run_jobs, backends)
 )->FastAPI:
@@ -380,6 +397,7 @@ def create_app(
     app.state.service,app.state.admin_keys = svc,admins
     app.state.api_keys = api_keys_from(api_keys) + [k for k in admins if k not in api_keys_from(api_keys)]
     app.state.max_upload_bytes = int(max_upload_bytes or os.environ.get("FINETUNE_NB_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD)
+    app.state.max_body_bytes = int(max_body_bytes or os.environ.get("FINETUNE_NB_MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
     for middleware in MIDDLEWARE: app.middleware("http")(middleware)
     app.add_middleware(BodyLimit)    # outermost: counts every body as it streams in
     for exc,handler in EXCEPTION_HANDLERS.items(): app.add_exception_handler(exc, handler)
@@ -400,12 +418,13 @@ def run_server(
     data_dir:str|Path|None=None,     # data directory (default `$FINETUNE_NB_DATA_DIR`)
     log_level:str="info",            # uvicorn's log level
     api_keys:list[str]|str|None=None,# accepted keys (default `$FINETUNE_NB_API_KEYS`)
-    max_upload_bytes:int|None=None,  # request size limit (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    max_upload_bytes:int|None=None,  # file upload size limit (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
+    max_body_bytes:int|None=None,    # size limit of other (JSON) request bodies (default `$FINETUNE_NB_MAX_BODY_BYTES` or 16 MiB)
     **service_kw,                    # passed to `Service` (state_dir, base_models, model_map, max_batch, max_loaded, batch_wait_ms, max_queue, backends)
 ):
     "Serve the app with uvicorn until interrupted."
     import uvicorn
-    app = create_app(data_dir, api_keys=api_keys, max_upload_bytes=max_upload_bytes, **service_kw)
+    app = create_app(data_dir, api_keys=api_keys, max_upload_bytes=max_upload_bytes, max_body_bytes=max_body_bytes, **service_kw)
     app.state.service.own()    # one server per data dir: refuse to start (naming the owner's pid) before listening
     import_model_libraries()
     log = get_logger("finetune_nb.serve")

@@ -255,9 +255,9 @@ class GenRequest:
     base:str; adapter:str|None; messages:list[dict]
     max_tokens:int=256; temperature:float=0.0; top_p:float=1.0; stop:tuple=(); seed:int|None=None
     tools:list|None=None; tool_choice:str|dict|None=None; parallel_tool_calls:bool=True   # see `ChatRequest.tool_options`
-    stream:Callable|None=None   # for streaming: called (in the inference thread) with each text delta
+    stream:Callable|None=None   # for streaming: called (in the inference thread) with each raw text delta
     future:cf.Future=field(default_factory=cf.Future)
-    def group(self): return (self.stream is not None, self.base, self.adapter, self.max_tokens, self.temperature, self.top_p, self.stop, self.seed,
+    def group(self): return (self.base, self.adapter, self.max_tokens, self.temperature, self.top_p, self.stop, self.seed,
                              json.dumps([self.tools, self.tool_choice, self.parallel_tool_calls], sort_keys=True))
     def tool_kwargs(self)->dict:
         "The tool arguments of `infer.generate_chat` (none when the request offers no tools)."
@@ -279,14 +279,13 @@ class Batcher:
         wait_ms:float=15.0,   # a batch closes when no request arrives for this long ...
         max_wait_ms:float=150.0, # ... or this long after its first request
         generate:Callable|None=None, # default `infer.generate_chat`
-        stream:Callable|None=None,   # default `infer.stream_chat`
         max_queue:int=256,           # most requests waiting or running; more are refused (429 with Retry-After)
     ):
         from finetune_nb import infer
         self.pool,self.max_batch,self.wait_s,self.max_wait_s = pool,max(1, max_batch),wait_ms/1000,max_wait_ms/1000
-        self._generate,self._stream = generate or infer.generate_chat,stream or infer.stream_chat
+        self._generate = generate or infer.generate_chat
         self._q,self._stop,self._expect = queue.Queue(),threading.Event(),1
-        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0, "queue_full": 0, "streams_cancelled": 0}
+        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0, "queue_full": 0, "streams_cancelled": 0, "streams": 0}
         self._thread,self.max_queue,self._inflight,self._count_lock,self._gone = None,max(1, max_queue),0,threading.Lock(),{}
 
     def start(self):
@@ -332,33 +331,46 @@ def _loop(self:Batcher):
     while not self._stop.is_set():
         groups,batch = defaultdict(list),self._take()
         for req in batch: groups[req.group()].append(req)
-        for reqs in groups.values():
-            if reqs[0].stream is not None:
-                for req in reqs: self._run([req])
-            else: self._run(reqs)
+        for reqs in groups.values(): self._run(reqs)
         if batch: self._expect = len(batch) + self._q.qsize()   # clients answered now tend to come back: wait for them next time
 
 # %% ../../nbs/07c_engine.ipynb #35319c21
 @patch
 def _run(self:Batcher, reqs:list[GenRequest]):
-    "Answer `reqs` (one stream, or a batch of plain requests) from one model; failures go to every future."
+    "Answer `reqs` (plain requests and streams together) with one `generate_chat` call; failures go to every future."
     for req in [req for req in reqs if self._abandoned(req)]:   # its client left while it waited
         if req.future.set_running_or_notify_cancel(): req.future.set_exception(ConnectionAbortedError("the client disconnected"))
     reqs = [req for req in reqs if not req.future.done() and req.future.set_running_or_notify_cancel()]
     if not reqs: return
-    first = reqs[0]
+    first,texts = reqs[0],[[] for _ in reqs]
+    def relay(req, parts):   # a stream's deltas: kept for its result and handed on
+        def f(delta): parts.append(delta); req.stream(delta)
+        return f
     try:
         model,tok = self.pool.get(first.base, first.adapter)
         kw = dict(max_new_tokens=first.max_tokens, temperature=first.temperature, top_p=first.top_p, stop=list(first.stop) or None, seed=first.seed)
-        if first.stream is not None: return first.future.set_result(self._run_stream(first, model, tok, kw))
-        gens = self._generate(model, tok, [req.messages for req in reqs], batch_size=len(reqs), **kw, **first.tool_kwargs())
-        self.stats["batches"] += 1; self.stats["batched_requests"] += len(reqs)
+        streams = [relay(req, parts) if req.stream is not None else None for req, parts in zip(reqs, texts)]
+        extra = dict(on_delta=streams, cancelled=[self._gone_check(req) for req in reqs]) if any(streams) or any(id(r) in self._gone for r in reqs) else {}
+        gens = self._generate(model, tok, [req.messages for req in reqs], batch_size=len(reqs), **kw, **first.tool_kwargs(), **extra)
+        self.stats["batches"] += 1; self.stats["batched_requests"] += len(reqs); self.stats["streams"] += sum(s is not None for s in streams)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(reqs))
-        for req,gen in zip(reqs, gens): req.future.set_result(gen)
+        for req,gen,parts in zip(reqs, gens, texts):
+            if self._abandoned(req): req.future.set_exception(ConnectionAbortedError("the client disconnected"))
+            elif req.stream is None: req.future.set_result(gen)
+            else: req.future.set_result(StreamResult("".join(parts), gen.prompt_tokens, gen.completion_tokens,
+                                                     "stop" if gen.finish_reason == "tool_calls" else gen.finish_reason))   # the stream parses its own calls
     except BaseException as e:
         self.stats["errors"] += 1
         for req in reqs:
             if not req.future.done(): req.future.set_exception(e)
+    finally:
+        for req in reqs: self._gone.pop(id(req), None)
+
+@patch
+def _gone_check(self:Batcher, req:GenRequest)->Callable|None:
+    "A callable that is true once `req`'s client has hung up (None when nobody watches it)."
+    gone = self._gone.get(id(req))
+    return None if gone is None else gone.is_set
 
 @patch
 def _abandoned(self:Batcher, req:GenRequest)->bool:
@@ -366,18 +378,6 @@ def _abandoned(self:Batcher, req:GenRequest)->bool:
     if gone is not None and gone.is_set():
         self._gone.pop(id(req), None); self.stats["streams_cancelled"] += 1; return True
     return False
-
-@patch
-def _run_stream(self:Batcher, req:GenRequest, model, tok, kw:dict)->StreamResult:
-    "Generate one stream, handing each delta on; a client that hangs up stops it within one decoding step."
-    tk = {k: v for k, v in req.tool_kwargs().items() if k != "parallel_tool_calls"}   # the stream's text is parsed by the caller (`infer.ToolDeltas`)
-    parts,stream = [],self._stream(model, tok, req.messages, **kw, **tk)
-    try:
-        for delta in stream:
-            parts.append(delta); req.stream(delta)
-            if self._abandoned(req): stream.close(); break
-    finally: self._gone.pop(id(req), None)
-    return StreamResult("".join(parts), stream.prompt_tokens, stream.completion_tokens, stream.finish_reason or "stop")
 
 # %% ../../nbs/07c_engine.ipynb #3b0c1b8b
 CHAT_SPEC_FIELDS = frozenset({   # CreateChatCompletionRequest's properties in OpenAI's spec (../shared/openai-openapi)
@@ -399,10 +399,14 @@ def upstream_error(e:Exception)->APIError:
     return APIError(502, f"upstream backend failed: {type(e).__name__}: {str(e)[:300]}", type="server_error", code="upstream_error")
 
 def upstream_client(target:Target):
-    "An async `openai` client for `target`'s declared backend, with the key declared for that URL."
+    "An async `openai` client for `target`'s declared backend, with the key declared for that URL and nothing else from the environment."
     assert target.backend is not None, "upstream targets come only from declared backends"
     key = os.environ.get(target.api_key_env, "") if target.api_key_env else ""
-    return make_client(target.base_url, api_key=key or "no-key", async_=True, max_retries=1, timeout=120)
+    client = make_client(target.base_url, api_key=key or "no-key", async_=True, max_retries=1, timeout=120)
+    # the SDK also reads OPENAI_ORG_ID, OPENAI_PROJECT_ID and OPENAI_CUSTOM_HEADERS: the operator's, never a backend's
+    client.organization = client.project = None
+    client._custom_headers = {}
+    return client
 
 async def upstream_complete(target:Target, messages:list[dict], req:ChatRequest)->dict:
     "A chat completion from `target`'s backend."
