@@ -206,3 +206,27 @@ def test_schemathesis_no_server_errors(tmp_path):
         run()
     assert not failures, failures
     assert n > 50
+
+
+def test_schemathesis_stateful_no_server_errors(tmp_path):
+    "Stateful fuzzing: schemathesis follows the app's OpenAPI links (upload -> job -> events/cancel, deploy -> inference) and never gets a 5xx."
+    import schemathesis
+    from hypothesis import settings, HealthCheck
+    app = create_app(tmp_path/"data", api_keys="", base_models=["fuzz-base"], run_jobs=False,
+                     loader=lambda b, a: (_ for _ in ()).throw(AssertionError("no model is loaded while fuzzing")))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    seen, failures = [], []
+    valid = {"POST /v1/files": lambda body: {"file": demo_jsonl(), "purpose": "fine-tune"},
+             "POST /v1/fine-tune/deploy": lambda body: {**(body if isinstance(body, dict) else {}), "alias": "fuzz", "model_id": "fuzz-base"}}
+    class Machine(schema.as_state_machine()):
+        calls = 0
+        def before_call(self, case):   # every other upload and deploy is made valid, so the links lead somewhere
+            Machine.calls += 1
+            if case.operation.label in valid and Machine.calls % 2: case.body = valid[case.operation.label](case.body)
+        def validate_response(self, response, case, **kw):   # the property under test: no server errors (and OpenAI's error shape)
+            seen.append((case.operation.label, response.status_code))
+            if response.status_code >= 500: failures.append((case.operation.label, response.status_code, response.text[:300]))
+            elif response.status_code >= 400: assert set(response.json()["error"]) >= {"message", "type", "param", "code"}, response.text[:300]
+    Machine.run(settings=settings(max_examples=25, stateful_step_count=6, deadline=None, suppress_health_check=list(HealthCheck), database=None))
+    assert not failures, failures
+    assert len({label for label, _ in seen}) >= 5 and len(seen) > 50, seen[:20]

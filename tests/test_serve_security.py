@@ -296,3 +296,57 @@ def test_a_hung_up_stream_stops_generating(one_at_a_time):
     assert cancelled == 4
     r = httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json={**body, "stream": False, "max_tokens": 1}, timeout=300)
     assert r.status_code == 200
+
+
+SOAK_SECONDS = float(os.environ.get("FINETUNE_NB_SOAK_SECONDS", "60"))
+
+def test_soak_concurrent_chat_with_disconnects(team):
+    "100 concurrent clients for 60 s (half streaming, some hanging up mid-reply): /health stays under 1 s, no completed request fails."
+    import asyncio, random
+    body = lambda i: {"model": team.base_model, "messages": [{"role": "user", "content": f"ticket {i}: my card was charged twice"}],
+                      "max_tokens": 16, "temperature": 0}
+    stats = {"done": 0, "streams": 0, "hung_up": 0, "errors": [], "health_ms": []}
+
+    async def client(k:int, until:float):
+        rng = random.Random(k)
+        async with httpx.AsyncClient(headers=h(KEY_A), timeout=120) as cl:
+            while time.monotonic() < until:
+                stream, hang_up = k % 2 == 0, rng.random() < 0.15
+                try:
+                    if stream:
+                        async with cl.stream("POST", team.url + "/v1/chat/completions", json={**body(k), "stream": True}) as r:
+                            lines = []
+                            async for line in r.aiter_lines():
+                                if line: lines.append(line)
+                                if hang_up and len(lines) >= 2: break   # leave mid-reply
+                            if hang_up: stats["hung_up"] += 1; continue
+                            if r.status_code != 200 or lines[-1] != "data: [DONE]" or any('"error"' in l for l in lines):
+                                stats["errors"].append((r.status_code, lines[-2:])); continue
+                            stats["streams"] += 1
+                    elif hang_up:
+                        try: await cl.post(team.url + "/v1/chat/completions", json=body(k), timeout=0.05)
+                        except httpx.TimeoutException: pass
+                        stats["hung_up"] += 1; continue
+                    else:
+                        r = await cl.post(team.url + "/v1/chat/completions", json=body(k))
+                        if r.status_code != 200 or r.json()["choices"][0]["message"]["content"] is None:
+                            stats["errors"].append((r.status_code, r.text[:200])); continue
+                    stats["done"] += 1
+                except httpx.HTTPError as e: stats["errors"].append(repr(e))
+
+    async def health(until:float):
+        async with httpx.AsyncClient(timeout=30) as cl:
+            while time.monotonic() < until:
+                t0 = time.perf_counter(); r = await cl.get(team.url + "/health")
+                assert r.status_code == 200
+                stats["health_ms"].append((time.perf_counter() - t0) * 1000); await asyncio.sleep(0.5)
+
+    async def soak():
+        until = time.monotonic() + SOAK_SECONDS
+        await asyncio.gather(health(until), *(client(k, until) for k in range(100)))
+    asyncio.run(soak())
+    assert stats["errors"] == [], stats["errors"][:5]
+    assert stats["done"] >= 50 and stats["streams"] > 0 and stats["hung_up"] > 0, {k: v for k, v in stats.items() if k != "health_ms"}
+    assert max(stats["health_ms"]) < 1000, sorted(stats["health_ms"])[-5:]
+    with httpx.Client(headers=h(KEY_A), timeout=60) as cl:   # and it still answers afterwards
+        assert cl.post(team.url + "/v1/chat/completions", json=body(0)).status_code == 200

@@ -27,13 +27,14 @@ from .jobs import Jobs
 
 # %% auto #0
 __all__ = ['DEFAULT_MAX_UPLOAD', 'DEFAULT_MAX_BODY', 'REQUEST_ID_RE', 'MIDDLEWARE', 'EXCEPTION_HANDLERS', 'Svc', 'Owner', 'ops',
-           'files', 'fine_tuning', 'models', 'chat', 'simple', 'ROUTERS', 'LOOPBACK', 'default_base_models', 'Service',
-           'owner_of_key', 'api_keys_from', 'request_id', 'record_metrics', 'require_key', 'body_limit', 'limit_size',
-           'internal_errors', 'BodyLimit', 'api_error', 'invalid_request', 'http_error', 'package_error', 'service',
-           'owner', 'health', 'metrics', 'create_file', 'list_files', 'get_file', 'delete_file', 'file_content',
-           'create_job', 'list_jobs', 'get_job', 'cancel_job', 'job_events', 'job_checkpoints', 'list_models',
-           'get_model', 'delete_model', 'chat_completions', 'simple_create_job', 'simple_get_job', 'simple_deploy',
-           'simple_inference', 'simple_models', 'create_app', 'import_model_libraries', 'run_server', 'ServerThread']
+           'files', 'fine_tuning', 'models', 'chat', 'simple', 'ROUTERS', 'LINKS', 'LOOPBACK', 'default_base_models',
+           'Service', 'owner_of_key', 'api_keys_from', 'request_id', 'record_metrics', 'require_key', 'body_limit',
+           'limit_size', 'internal_errors', 'BodyLimit', 'api_error', 'invalid_request', 'http_error', 'package_error',
+           'service', 'owner', 'health', 'metrics', 'create_file', 'list_files', 'get_file', 'delete_file',
+           'file_content', 'create_job', 'list_jobs', 'get_job', 'cancel_job', 'job_events', 'job_checkpoints',
+           'list_models', 'get_model', 'delete_model', 'chat_completions', 'simple_create_job', 'simple_get_job',
+           'simple_deploy', 'simple_inference', 'simple_models', 'openapi_with_links', 'create_app',
+           'import_model_libraries', 'run_server', 'ServerThread']
 
 # %% ../../nbs/07e_app.ipynb #e3aca9de
 DEFAULT_MAX_UPLOAD = 512 * 1024**2   # file uploads
@@ -376,6 +377,39 @@ def simple_models(svc:Svc, who:Owner):
 
 ROUTERS = (ops, files, fine_tuning, models, chat, simple)
 
+# %% ../../nbs/07e_app.ipynb #314de4e2
+LINKS = {   # (path, method) of a 200 response -> {link name: (target path, method, parameters, requestBody)}
+    ("/v1/files", "post"): {
+        "GetFile": ("/v1/files/{file_id}", "get", {"file_id": "$response.body#/id"}, None),
+        "FileContent": ("/v1/files/{file_id}/content", "get", {"file_id": "$response.body#/id"}, None),
+        "DeleteFile": ("/v1/files/{file_id}", "delete", {"file_id": "$response.body#/id"}, None),
+        "CreateJob": ("/v1/fine_tuning/jobs", "post", {}, {"training_file": "$response.body#/id"}),
+        "SimpleCreateJob": ("/v1/fine-tune/jobs", "post", {}, {"training_file": "$response.body#/id"})},
+    ("/v1/fine_tuning/jobs", "post"): {
+        "GetJob": ("/v1/fine_tuning/jobs/{job_id}", "get", {"job_id": "$response.body#/id"}, None),
+        "CancelJob": ("/v1/fine_tuning/jobs/{job_id}/cancel", "post", {"job_id": "$response.body#/id"}, None),
+        "JobEvents": ("/v1/fine_tuning/jobs/{job_id}/events", "get", {"job_id": "$response.body#/id"}, None),
+        "JobCheckpoints": ("/v1/fine_tuning/jobs/{job_id}/checkpoints", "get", {"job_id": "$response.body#/id"}, None)},
+    ("/v1/fine-tune/jobs", "post"): {
+        "SimpleGetJob": ("/v1/fine-tune/jobs/{job_id}", "get", {"job_id": "$response.body#/job_id"}, None)},
+    ("/v1/fine-tune/deploy", "post"): {
+        "Inference": ("/v1/fine-tune/inference", "post", {}, {"model_alias": "$response.body#/alias"}),
+        "GetModel": ("/v1/models/{model}", "get", {"model": "$response.body#/model_id"}, None)},
+}
+
+def openapi_with_links(app:FastAPI)->dict:
+    "FastAPI's schema for `app`, plus the OpenAPI links of `LINKS` (built once, then cached like FastAPI's own)."
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        paths = schema["paths"]
+        for (path, method), links in LINKS.items():
+            ok = paths[path][method]["responses"]["200"]
+            ok["links"] = {name: {"operationId": paths[tp][tm]["operationId"], **({"parameters": ps} if ps else {}), **({"requestBody": body} if body else {})}
+                           for name, (tp, tm, ps, body) in links.items()}
+        app.openapi_schema = schema
+    return app.openapi_schema
+
 # %% ../../nbs/07e_app.ipynb #637a5ea7
 def create_app(
     data_dir:str|Path|None=None,      # state directory (default `$FINETUNE_NB_DATA_DIR`)
@@ -402,6 +436,7 @@ def create_app(
     app.add_middleware(BodyLimit)    # outermost: counts every body as it streams in
     for exc,handler in EXCEPTION_HANDLERS.items(): app.add_exception_handler(exc, handler)
     for router in ROUTERS: app.include_router(router)
+    app.openapi = lambda: openapi_with_links(app)
     return app
 
 # %% ../../nbs/07e_app.ipynb #d4a5cc93
