@@ -14,7 +14,7 @@ log = get_logger("finetune_nb.models")
 
 # %% auto #0
 __all__ = ['log', 'default_device', 'cuda_bf16_supported', 'auto_compute_dtype', 'quantization_config', 'ensure_pad_token',
-           'load_model']
+           'load_model', 'InsufficientMemory', 'training_memory', 'available_memory', 'check_fits']
 
 # %% ../nbs/04a_models.ipynb #fb7eed22
 def default_device()->str:
@@ -155,3 +155,62 @@ def _apply_adapter(model, adapter:Path, name:str, is_trainable:bool):
     try: return PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable)
     except Exception as e:
         raise ModelLoadError(f"could not apply adapter {adapter.name!r} to {name!r}: {e}", hint="was the adapter trained on this base model?") from e
+
+# %% ../nbs/04a_models.ipynb #c9fb5428
+class InsufficientMemory(ConfigError):
+    "A run's estimated peak memory exceeds what the device has."
+
+def _n_params(model_dir:Path)->int:
+    "Parameters in the `*.safetensors` files of `model_dir`, from their headers (nothing is loaded)."
+    import json, struct, math
+    n = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        n += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return n
+
+def training_memory(
+    model:str|Path,           # base model (directory or name, as `load_model` takes it)
+    method:str="lora",        # "lora", "qlora" or "full"
+    batch_size:int=8,         # examples per micro-batch
+    max_length:int=512,       # tokens per example
+    lora_r:int=16,            # adapter rank (lora / qlora)
+    device:str|None=None,     # default `default_device()`
+)->int:                       # estimated peak bytes
+    "A rough estimate of a training run's peak memory."
+    import json
+    path = Path(resolve_model_path(str(model)))
+    cfg = json.loads((path/"config.json").read_text())
+    n, device = _n_params(path), device or default_device()
+    width = 4 if device == "cpu" else 2                       # fp32 on CPU, bf16/fp16 on GPU
+    hidden, layers = cfg.get("hidden_size", 1024), cfg.get("num_hidden_layers", 12)
+    vocab = cfg.get("vocab_size", 32_000)
+    weights = n // 2 if method == "qlora" else n * width      # 4-bit weights: half a byte per parameter
+    trained = n if method == "full" else 2 * lora_r * hidden * 7 * layers   # ~7 adapted matrices per layer
+    optim = trained * 16                                      # fp32 master copy, gradient, Adam's two moments
+    tokens = batch_size * max_length
+    activations = tokens * hidden * layers * width * 16 + tokens * vocab * 4 * 2   # per-layer saves + fp32 logits and their gradient
+    return int(weights + optim + activations)
+
+def available_memory(device:str|None=None)->int:
+    "Bytes free on `device` (GPU free memory, or the kernel's `MemAvailable`), capped by `$FINETUNE_NB_JOB_MEMORY_BYTES`."
+    import os
+    device = device or default_device()
+    if device.startswith("cuda"):
+        import torch
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        try: free = next(int(l.split()[1]) * 1024 for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemAvailable:"))
+        except (OSError, StopIteration): free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cap = os.environ.get("FINETUNE_NB_JOB_MEMORY_BYTES")
+    return min(free, int(cap)) if cap else free
+
+def check_fits(model:str|Path, device:str|None=None, **settings)->int:
+    "The estimate (bytes) when it fits; `InsufficientMemory` naming both numbers when it does not."
+    need, have = training_memory(model, device=device, **settings), available_memory(device)
+    if need > have:
+        raise InsufficientMemory(f"this run needs about {need/2**20:,.0f} MiB but {have/2**20:,.0f} MiB are available",
+                                 hint="use method='qlora', a smaller batch_size or max_length, or a bigger machine"
+                                      + ("; the operator's FINETUNE_NB_JOB_MEMORY_BYTES caps it" if "FINETUNE_NB_JOB_MEMORY_BYTES" in __import__("os").environ else ""))
+    return need

@@ -7,6 +7,7 @@ import httpx, pytest
 KEY_A, KEY_B, ADMIN = "sk-team-a-0123456789", "sk-team-b-0123456789", "sk-admin-0123456789"
 KEYS = f"{KEY_A},{KEY_B},{ADMIN}"
 SECRET = "sk-operator-backend-secret-42"
+JOB_MEMORY = 2**20         # far below what any training run needs
 UPLOAD_LIMIT = 8_000_000   # large enough that allocator noise (a few MB) is not mistaken for a body held in memory
 
 
@@ -55,7 +56,8 @@ def team(module_server, _capture):
                                                      "FINETUNE_NB_BACKEND_UPSTREAM": SECRET, "FINETUNE_NB_BACKEND_OPENAI": "sk-other-secret",
                                                      # what the openai SDK would pick up from the operator's environment
                                                      "OPENAI_API_KEY": "sk-operator-openai", "OPENAI_ORG_ID": "org-operator", "OPENAI_PROJECT_ID": "proj-operator",
-                                                     "OPENAI_CUSTOM_HEADERS": "X-Operator: op-secret"})
+                                                     "OPENAI_CUSTOM_HEADERS": "X-Operator: op-secret",
+                                                     "FINETUNE_NB_JOB_MEMORY_BYTES": str(JOB_MEMORY)})   # the operator's budget for a job
 
 
 def test_callers_cannot_point_an_alias_at_a_url(team, capture):
@@ -119,6 +121,18 @@ def test_hyperparameters_are_bounded(team):
     for hp in ({"lora_r": 1_000_000}, {"learning_rate_multiplier": 1e308}, {"lora_dropout": 5}, {"n_epochs": 51}, {"batch_size": 257}):
         with pytest.raises(openai.BadRequestError) as e: c.fine_tuning.jobs.create(model=team.base_model, training_file=f.id, hyperparameters=hp)
         assert e.value.body["param"] == f"hyperparameters.{next(iter(hp))}"
+
+
+def test_a_job_that_cannot_fit_fails_fast(team):
+    "A job whose estimated memory exceeds what the machine (here the operator's FINETUNE_NB_JOB_MEMORY_BYTES) allows fails with that reason."
+    c = team.client(KEY_A)
+    job = c.fine_tuning.jobs.create(model=team.base_model, training_file=c.files.create(file=("t.jsonl", _tiny_file()), purpose="fine-tune").id)
+    t0 = time.monotonic()
+    while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() - t0 < 120; time.sleep(0.2)
+    assert job.status == "failed" and job.error.code == "insufficient_memory" and "MiB are available" in job.error.message, job.error
+    assert "1 MiB are available" in job.error.message and not list(c.fine_tuning.jobs.checkpoints.list(job.id))
+    assert httpx.get(team.url + "/health").status_code == 200
 
 
 def test_client_mistakes_are_4xx(team):

@@ -206,6 +206,8 @@ def prepare(self:Jobs, job_id:str)->TrainPlan|None:
     train = read_dataset(self.files.path(job["training_file"]))
     val = read_dataset(self.files.path(job["validation_file"])) if job.get("validation_file") else None
     lcfg,tcfg = training_configs(inner["hyperparameters"], len(train), job["seed"])
+    from finetune_nb.models import check_fits   # fail fast, before the kernel kills the server for it
+    check_fits(inner["base"], method="qlora" if tcfg.load_in_4bit else tcfg.method, batch_size=tcfg.batch_size, max_length=tcfg.max_length, lora_r=lcfg.r)
     shown = trained_hyperparameters(inner["hyperparameters"], tcfg)
     job = self.store.update("jobs", job_id, only_if=("queued",), status="running", hyperparameters=shown,
                             method={"type": "supervised", "supervised": {"hyperparameters": shown}})
@@ -290,7 +292,8 @@ def fail(self:Jobs, job_id:str, e:Exception):
     msg = hide_paths(msg)   # no server paths in answers
     self.log.exception("job %s failed", job_id)
     if self.store.get("jobs", job_id)["status"] == "cancelled": return
-    code = "invalid_training_file" if isinstance(e, DataError) else "training_error"
+    from finetune_nb.models import InsufficientMemory
+    code = "invalid_training_file" if isinstance(e, DataError) else "insufficient_memory" if isinstance(e, InsufficientMemory) else "training_error"
     self.store.update("jobs", job_id, status="failed", finished_at=now(), error={"code": code, "param": None, "message": msg[:2000]})
     self.event(job_id, f"Fine-tuning job failed: {msg[:500]}", level="error")
     self.count("jobs_failed")
