@@ -15,7 +15,7 @@ _log = get_logger("finetune_nb.infer")
 
 # %% auto #0
 __all__ = ['TOOL_OPEN', 'TOOL_CLOSE', 'template_inputs', 'parse_tool_calls', 'tool_prefix', 'ToolDeltas', 'build_prompt',
-           'Generation', 'generate_chat', 'ChatStream', 'stream_chat', 'model_lock', 'completion_response',
+           'encode', 'Generation', 'generate_chat', 'ChatStream', 'stream_chat', 'model_lock', 'completion_response',
            'completion_chunk', 'LocalChatClient', 'AsyncLocalChatClient']
 
 # %% ../nbs/04b_infer.ipynb #cb7a91b2
@@ -132,6 +132,14 @@ def build_prompt(
     chat, tools = template_inputs(messages, tools)
     return tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=True)
 
+_TOK_LOCKS:"weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TOK_GUARD = threading.Lock()
+
+def encode(tokenizer, texts, **kwargs):
+    "`tokenizer(texts, **kwargs)` under that tokenizer's own lock: a fast tokenizer keeps its padding and truncation settings as shared state, so threads tokenizing at once with different settings corrupt each other's batches."
+    with _TOK_GUARD: lk = _TOK_LOCKS.setdefault(tokenizer, threading.Lock())
+    with lk: return tokenizer(texts, **kwargs)
+
 # %% ../nbs/04b_infer.ipynb #4b65c357
 @dataclass
 class Generation:
@@ -246,7 +254,7 @@ def generate_chat(
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i:i+batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = encode(tokenizer, prompts[i:i+batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         n_prompt, rows = enc["input_ids"].shape[1], slice(i, i+batch_size)
         streamer = _RowDeltas(tokenizer, eos, prefix, stops, on_delta[rows]) if any(on_delta[rows]) else None
         extra = [_cancel_rows(cancelled[rows])] if any(cancelled[rows]) else []
@@ -301,7 +309,7 @@ class ChatStream:
         self.max_new_tokens, self.finish_reason, self.completion_tokens = max_new_tokens, None, 0
         kw = _gen_kwargs(model, tokenizer, max_new_tokens, temperature, top_p, self.stops, seed)
         self.prefix = tool_prefix(tool_choice) if tools else ""   # the start of a forced tool call: the first delta
-        enc = tokenizer([build_prompt(tokenizer, messages, tools) + self.prefix], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+        enc = encode(tokenizer, [build_prompt(tokenizer, messages, tools) + self.prefix], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
         self.prompt_tokens = int(enc["input_ids"].shape[1])
         self._cancel, self._error = threading.Event(), None
         self._streamer = Streamer(tokenizer, _eos_ids(model, tokenizer), timeout=600)

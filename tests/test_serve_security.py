@@ -313,7 +313,16 @@ def test_a_hung_up_stream_stops_generating(one_at_a_time):
 
 
 SOAK_SECONDS = float(os.environ.get("FINETUNE_NB_SOAK_SECONDS", "60"))
+HEALTH_PROBE = """
+import sys, time, httpx
+url, until = sys.argv[1], time.monotonic() + float(sys.argv[2])
+with httpx.Client(timeout=30) as cl:
+    while time.monotonic() < until:
+        t0 = time.perf_counter(); r = cl.get(url)
+        print((time.perf_counter() - t0) * 1000 if r.status_code == 200 else "inf", flush=True); time.sleep(0.5)
+"""
 
+@pytest.mark.slow   # 60 s of load, and /health's latency depends on what else the machine runs: `make test-slow`
 def test_soak_concurrent_chat_with_disconnects(team):
     "100 concurrent clients for 60 s (half streaming, some hanging up mid-reply): /health stays under 1 s, no completed request fails."
     import asyncio, random
@@ -348,17 +357,13 @@ def test_soak_concurrent_chat_with_disconnects(team):
                     stats["done"] += 1
                 except httpx.HTTPError as e: stats["errors"].append(repr(e))
 
-    async def health(until:float):
-        async with httpx.AsyncClient(timeout=30) as cl:
-            while time.monotonic() < until:
-                t0 = time.perf_counter(); r = await cl.get(team.url + "/health")
-                assert r.status_code == 200
-                stats["health_ms"].append((time.perf_counter() - t0) * 1000); await asyncio.sleep(0.5)
-
-    async def soak():
-        until = time.monotonic() + SOAK_SECONDS
-        await asyncio.gather(health(until), *(client(k, until) for k in range(100)))
-    asyncio.run(soak())
+    async def soak(until:float): await asyncio.gather(*(client(k, until) for k in range(100)))
+    with httpx.Client(headers=h(KEY_A), timeout=120) as cl:   # the model is loaded (a cold start is not what this measures)
+        assert cl.post(team.url + "/v1/chat/completions", json=body(0)).status_code == 200
+    # /health is probed from its own process, so the clients' work in this one does not delay what it measures
+    probe = subprocess.Popen([sys.executable, "-c", HEALTH_PROBE, team.url + "/health", str(SOAK_SECONDS)], stdout=subprocess.PIPE, text=True)
+    asyncio.run(soak(time.monotonic() + SOAK_SECONDS))
+    stats["health_ms"] = [float(x) for x in probe.communicate(timeout=60)[0].split()]
     assert stats["errors"] == [], stats["errors"][:5]
     assert stats["done"] >= 50 and stats["streams"] > 0 and stats["hung_up"] > 0, {k: v for k, v in stats.items() if k != "health_ms"}
     assert max(stats["health_ms"]) < 1000, sorted(stats["health_ms"])[-5:]

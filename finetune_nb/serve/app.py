@@ -220,8 +220,8 @@ Owner = Annotated[str, Depends(owner)]
 ops = APIRouter(tags=["operations"])
 
 @ops.get("/health")
-def health(svc:Svc):
-    "Liveness: the server answers, with job counts and loaded models."
+async def health(svc:Svc):
+    "Liveness: the server answers, with job counts and loaded models (on the event loop: a busy thread pool never delays it)."
     return {"status": "healthy", "jobs": svc.store.count("jobs"), "base_models": svc.models.base_models,
             "models_loaded": [{"base": b, "adapter": a is not None} for b,a in svc.pool.loaded()]}
 

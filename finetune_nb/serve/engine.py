@@ -16,7 +16,7 @@ from .protocol import (APIError, hide_paths, ALIAS_RE, ChatMessage,
     ChatRequest, DeployRequest, Deleted, ModelObject, not_found, now, valid_id)
 from ..data import normalize_messages
 from ..models import load_model
-from ..infer import build_prompt, completion_response, completion_chunk, ToolDeltas
+from ..infer import build_prompt, completion_response, completion_chunk, encode, ToolDeltas
 from .store import Store
 
 # %% auto #0
@@ -242,7 +242,7 @@ def check_context(self:ModelPool,
     except Exception as e:
         if type(e).__module__.startswith("jinja2"): return   # the template refuses these messages: the chat path answers that 400
         raise
-    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    n = len(encode(tok, prompt, add_special_tokens=False)["input_ids"])
     if n + max_tokens > limit:
         raise APIError(400, f"This model's maximum context length is {limit} tokens. However, you requested {n + max_tokens} tokens "
                        f"({n} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
