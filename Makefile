@@ -53,8 +53,11 @@ browser:  ## headless Chromium for the docs test (idempotent)
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || \
 	  { $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }; }
 
+# Two pytest workers (pytest-xdist), a test file each at a time (module-scoped servers stay in one
+# process): most of the suite waits on servers, subprocesses and papermill kernels, so 2 cores keep busy.
+TEST_WORKERS ?= 2
 test: lint-sync test-fast browser  ## everything CI runs
-	$(VENV)/bin/python -m pytest tests -q -m "not slow and not cuda"
+	$(VENV)/bin/python -m pytest tests -q -m "not slow and not cuda" -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install  ## the slow and GPU checks, on demand
 	$(VENV)/bin/nbdev_test --flags slow
