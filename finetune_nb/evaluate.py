@@ -24,8 +24,9 @@ __all__ = ['METRICS', 'DEFAULT_METRICS', 'JSON_METRICS', 'TOOL_METRICS', 'NOT_SC
            'tool_args_match', 'tool_call_exact_match', 'register_metric', 'resolve_metrics', 'compute_metrics',
            'default_weights', 'overall_score', 'paired_bootstrap_ci', 'mean_ci', 'wilson_ci', 'call_chat',
            'EvalExample', 'to_examples', 'EvalResult', 'Comparison', 'FineTuneEvaluator', 'summarize', 'score_summary',
-           'judge_messages', 'parse_verdict', 'JudgeVerdict', 'ABTestEvaluator', 'plot_metric_bars',
-           'plot_score_distributions', 'plot_scatter', 'plot_loss_curves', 'report_markdown', 'write_report']
+           'judge_messages', 'parse_verdict', 'JudgeVerdict', 'ABTestEvaluator', 'preference_scores',
+           'plot_metric_bars', 'plot_score_distributions', 'plot_scatter', 'plot_loss_curves', 'report_markdown',
+           'write_report']
 
 # %% ../nbs/06_evaluate.ipynb #3b7d644f
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -577,6 +578,55 @@ async def ajudge(self:ABTestEvaluator,
     msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     v = await self.ajudge_pair(0, msgs, response_a, response_b, reference)
     return {"winner": v.winner, "reasoning": _reason(v.raw), "first": v.first, "second": v.second, "malformed": v.malformed, "raw": v.raw}
+
+# %% ../nbs/06_evaluate.ipynb #2270972d
+def _answer_logps(model, tokenizer, pairs:list[dict], batch_size:int=8)->list[float]:
+    "Summed log-probabilities of each answer given its prompt (`pairs`: TRL rows with `prompt` and `answer`)."
+    import torch
+    rows = []
+    for r in pairs:
+        tools = json.loads(r["tools"]) if isinstance(r.get("tools"), str) else r.get("tools")
+        p = tokenizer.apply_chat_template(r["prompt"], tools=tools, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template(r["prompt"] + r["answer"], tools=tools, tokenize=True, return_dict=True)["input_ids"]
+        k = next((i for i, (a, b) in enumerate(zip(p, full)) if a != b), min(len(p), len(full)))
+        rows.append((list(full), k))
+    out, dev = [], next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for s in range(0, len(rows), batch_size):
+        b = rows[s:s+batch_size]
+        n = max(len(ids) for ids, _ in b)
+        ids = torch.tensor([x + [pad] * (n - len(x)) for x, _ in b], device=dev)
+        att = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x, _ in b], device=dev)
+        with torch.no_grad(): logp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits[:, :-1].float(), -1)
+        tok = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        for j, (x, k) in enumerate(b): out.append(float(tok[j, max(k, 1) - 1:len(x) - 1].sum()))
+    return out
+
+def preference_scores(
+    model,                # the policy (a `PeftModel`: its reference is the base with the adapter disabled)
+    tokenizer,            # its tokenizer (chat template)
+    pairs,                # held-out preference data: a file, `Preference`s or OpenAI DPO dicts
+    beta:float=0.1,       # DPO's beta (scales the rewards; the ranking doesn't depend on it)
+    reference=None,       # a reference model; default: the adapter disabled (None and no adapter: rewards are log π)
+    batch_size:int=8,     # pairs per forward pass
+)->dict:                  # {"n", "accuracy", "margin", "logp_accuracy", "rewards": [(chosen, rejected), ...]}
+    "Held-out preference accuracy and mean reward margin of DPO's implicit reward, and the policy's own ranking."
+    import contextlib
+    from .data import _preferences
+    rows = [p.to_trl() for p in _preferences(pairs)]
+    if not rows: raise DataError("preference_scores: no pairs")
+    side = lambda k: [{"prompt": r["prompt"], "answer": r[k], "tools": r.get("tools")} for r in rows]
+    was = model.training; model.eval()
+    try:
+        pol = [_answer_logps(model, tokenizer, side(k), batch_size) for k in ("chosen", "rejected")]
+        if reference is not None: ref = [_answer_logps(reference, tokenizer, side(k), batch_size) for k in ("chosen", "rejected")]
+        elif hasattr(model, "disable_adapter"):
+            with model.disable_adapter(): ref = [_answer_logps(model, tokenizer, side(k), batch_size) for k in ("chosen", "rejected")]
+        else: ref = [[0.0] * len(rows)] * 2
+    finally: model.train(was)
+    rw = [(beta * (pc - rc), beta * (pr - rr)) for pc, pr, rc, rr in zip(*pol, *ref)]
+    return {"n": len(rows), "accuracy": sum(c > r for c, r in rw) / len(rw), "margin": sum(c - r for c, r in rw) / len(rw),
+            "logp_accuracy": sum(c > r for c, r in zip(*pol)) / len(rows), "rewards": rw}
 
 # %% ../nbs/06_evaluate.ipynb #4b6b6f6c
 def _plt():
