@@ -280,9 +280,10 @@ def to_openai(self:TrainingConfig,
 def from_openai(cls:LoRAConfig,
     hyperparameters:dict|None, # the job's hyperparameters (only lora_r, lora_alpha, lora_dropout are read here)
     base:LoRAConfig|None=None, # defaults for the rest
+    method:str="supervised",   # the job's method type (a dpo job's hyperparameters include beta)
 )->LoRAConfig:
     "The `LoRAConfig` for an OpenAI-style job's local extras."
-    hp, kw = check_hyperparameters(hyperparameters), asdict(base or cls())
+    hp, kw = check_hyperparameters(hyperparameters, method), asdict(base or cls())
     for k, v in hp.items():
         spot = LOCAL_HYPERPARAMETERS.get(k, (None,)*4)[3]
         if spot and spot[0] == "lora": kw[spot[1]] = v
