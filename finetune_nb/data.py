@@ -19,11 +19,11 @@ __all__ = ['ROLES', 'FORMATS', 'MAX_FILE_BYTES', 'PREFERENCE_DATA', 'PREFERENCE_
            'TRAINING_PRICES', 'DPO_PRICES', 'MAX_TOKENS_PER_EXAMPLE', 'MESSAGE_KEYS', 'RECORD_KEYS', 'FUNCTION_NAME',
            'PREFERENCE_RECORD_KEYS', 'Message', 'Conversation', 'TrainingExample', 'ChatDataset', 'to_records',
            'normalize_messages', 'Preference', 'PreferenceDataset', 'read_items', 'detect_format', 'ShareGPTTags',
-           'to_conversation', 'read_dataset', 'export_records', 'write_dataset', 'write_openai_jsonl', 'write_alpaca',
-           'write_sharegpt', 'get_encoding', 'TokenCounter', 'count_tokens', 'hf_token_counts', 'default_epochs',
-           'estimate_cost', 'Issue', 'ValidationReport', 'token_stats', 'validate_file', 'validate_records', 'dedupe',
-           'split', 'split_file', 'dedupe_file', 'dataset_stats', 'plot_token_histogram', 'to_preference',
-           'read_preferences', 'DatasetBuilder']
+           'to_conversation', 'read_dataset', 'is_preference_data', 'export_records', 'write_dataset',
+           'write_openai_jsonl', 'write_alpaca', 'write_sharegpt', 'get_encoding', 'TokenCounter', 'count_tokens',
+           'hf_token_counts', 'default_epochs', 'estimate_cost', 'Issue', 'ValidationReport', 'token_stats',
+           'validate_file', 'validate_records', 'dedupe', 'split', 'split_file', 'dedupe_file', 'dataset_stats',
+           'plot_token_histogram', 'to_preference', 'read_preferences', 'DatasetBuilder']
 
 # %% ../nbs/01_data.ipynb #b6a5a19f
 ROLES = ("system", "user", "assistant", "tool", "function")
@@ -715,7 +715,9 @@ def _conversations(ds)->list[Conversation]:
         else: raise DataError(f"cannot use item {len(out)} of type {type(r).__name__} as a conversation", hint="pass dicts like {'messages': [...]}, Conversation or TrainingExample objects")
     return out
 
-def _holds_pairs(ds)->bool:
+def is_preference_data(
+    ds,   # a data file path, or a dataset-like (records, `Conversation`s, `Preference`s)
+)->bool:  # True for preference (DPO) data
     "Is `ds` preference data (a preference file, `Preference`s, or OpenAI DPO dicts)?"
     if isinstance(ds, (str, Path)): return detect_format(ds) in PREFERENCE_FORMATS
     if isinstance(ds, PreferenceDataset): return True
@@ -734,7 +736,7 @@ def export_records(
     def drop(what, fld):
         if not lossy: raise _Bad(fld, f"no place for {what}")
         dropped[what] += 1
-    for i, c in enumerate(_preferences(ds) if _holds_pairs(ds) else _conversations(ds)):
+    for i, c in enumerate(_preferences(ds) if is_preference_data(ds) else _conversations(ds)):
         try:
             if isinstance(c, Preference) and format in PREFERENCE_FORMATS: out.append(_to_sharegpt_dpo(c, drop, t) if format == "sharegpt_dpo" else _PREF_WRITERS[format](c, drop)); continue
             if isinstance(c, Preference): drop("rejected answers", "non_preferred_output"); c = _flat(c, c.prompt.messages + c.chosen)  # chat data: prompt + chosen
@@ -1305,7 +1307,7 @@ def _detect_lenient(objs:list)->str:
     except DataError: return "openai"
 
 def validate_records(
-    records,                       # dataset-like (ChatDataset, dicts, Conversations)
+    records,                       # dataset-like (ChatDataset, dicts, Conversations), or preference data (Preferences, OpenAI DPO dicts)
     source:str="<memory>",         # name used in issues
     model:str|None=None,           # OpenAI model for token counts
     max_tokens:int|None=None,      # warn above this
@@ -1313,9 +1315,12 @@ def validate_records(
 )->ValidationReport:
     "Validate in-memory records with the same checks as `validate_file` (line = index + 1)."
     v = _Validator(source, model or "gpt-4o-mini-2024-07-18", max_tokens or MAX_TOKENS_PER_EXAMPLE, min_examples, True)
+    records = list(records)
+    v.pairs = is_preference_data(records)
     for i, r in enumerate(records, 1):
         v.n_lines += 1
-        v.record(i, r.to_dict() if isinstance(r, Conversation) else r)
+        if v.pairs: _pair_check(v, i, r.to_dict() if isinstance(r, Preference) else r)
+        else: v.record(i, r.to_dict() if isinstance(r, Conversation) else r)
     return v.finish()
 
 # %% ../nbs/01_data.ipynb #e7793e06
@@ -1344,7 +1349,7 @@ def split(
     seed:int=42,          # makes the split reproducible
 )->tuple[ChatDataset, ChatDataset]:  # (train, validation)
     "Shuffle with `seed` and split into train and validation sets."
-    cs, cls = (_preferences(ds), PreferenceDataset) if _holds_pairs(ds) else (_conversations(ds), ChatDataset)
+    cs, cls = (_preferences(ds), PreferenceDataset) if is_preference_data(ds) else (_conversations(ds), ChatDataset)
     tr, va = _split_indices(len(cs), val_frac, seed)
     return cls(cs[i] for i in tr), cls(cs[i] for i in va)
 
