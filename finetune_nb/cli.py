@@ -413,7 +413,7 @@ def jobs(
 
 # %% ../nbs/10_cli.ipynb #21c33567
 PIPELINES_DIR = Path(__file__).resolve().parent/"pipelines" if "__file__" in globals() else Path("../finetune_nb/pipelines").resolve()
-PIPELINES = {"local": "finetune_local.ipynb", "openai": "finetune_openai.ipynb", "migrate": "migrate.ipynb"}
+PIPELINES = {"local": "finetune_local.ipynb", "openai": "finetune_openai.ipynb", "dpo": "finetune_dpo.ipynb", "migrate": "migrate.ipynb"}
 
 def env_info()->dict:
     "Python, platform, device and package versions: what a run needs to be reproduced."
@@ -619,7 +619,7 @@ class _PipelineArg(argparse.Action):
 
 @command(p=dict(flags=["-p", "--param"], nargs=2, action="append", metavar=("KEY", "VALUE")), pipeline=dict(action=_PipelineArg))
 def run(
-    pipeline:str,              # "local", "openai", or a pipeline notebook path (`run PIPELINE --help` lists its parameters)
+    pipeline:str,              # "local", "openai", "dpo", "migrate", or a pipeline notebook path (`run PIPELINE --help` lists its parameters)
     p:list[str]|None=None,     # a notebook parameter (repeatable): -p epochs 2 -p name my-run
     name:str|None=None,        # run name: results in <runs-dir>/<name>/ (default: the pipeline name)
     runs_dir:str|None=None,    # parent folder of run folders (default: `<data dir>/runs`, the one home of runs; `$FINETUNE_NB_DATA_DIR`)
