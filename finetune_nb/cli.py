@@ -132,7 +132,7 @@ def run_cli(
     return rc, out.getvalue(), err.getvalue()
 
 # %% ../nbs/10_cli.ipynb #4ee91560
-FORMAT = Literal["openai", "sharegpt", "alpaca", "trl", "lf_v1"]
+FORMAT = Literal["openai", "sharegpt", "alpaca", "trl", "lf_v1", "openai_dpo", "trl_dpo", "sharegpt_dpo", "alpaca_dpo", "lf_v1_dpo"]
 
 def _fmt_int(n)->str: return f"{n:,}" if isinstance(n, int) else str(n)
 
@@ -211,12 +211,13 @@ def convert(
     lossy:bool=False,             # drop what the output format can't hold (and count it) instead of stopping
     tags:list[str]|None=None,     # ShareGPT column/speaker names (input and output), e.g. user_tag=user assistant_tag=assistant
 )->int:
-    "Convert a data file between OpenAI chat, ShareGPT, Alpaca, TRL prompt/completion and LLaMA-Factory v1, keeping every field."
-    from finetune_nb.data import read_dataset, export_records, _dump
-    ds = read_dataset(_need_file(src), format=src_format, tags=tags)
+    "Convert a data file between OpenAI chat, ShareGPT, Alpaca, TRL prompt/completion and LLaMA-Factory v1 (and preference data between the `*_dpo` formats), keeping every field."
+    from finetune_nb.data import read_dataset, read_preferences, detect_format, export_records, _dump, PREFERENCE_FORMATS
+    pairs = (src_format or detect_format(_need_file(src))) in PREFERENCE_FORMATS
+    ds = (read_preferences if pairs else read_dataset)(_need_file(src), format=src_format, tags=tags)
     recs, dropped = export_records(ds, dst_format, lossy=lossy, tags=tags)
     _dump(recs, dst)
-    print(f"wrote {len(recs)} conversations to {dst} ({dst_format}, {'JSON array' if str(dst).endswith('.json') else 'JSONL'})")
+    print(f"wrote {len(recs)} {'pairs' if pairs else 'conversations'} to {dst} ({dst_format}, {'JSON array' if str(dst).endswith('.json') else 'JSONL'})")
     if dropped: print("dropped (--lossy): " + ", ".join(f"{k}: {n}" for k, n in dropped.most_common()))
     return 0
 
@@ -412,7 +413,7 @@ def jobs(
 
 # %% ../nbs/10_cli.ipynb #21c33567
 PIPELINES_DIR = Path(__file__).resolve().parent/"pipelines" if "__file__" in globals() else Path("../finetune_nb/pipelines").resolve()
-PIPELINES = {"local": "finetune_local.ipynb", "openai": "finetune_openai.ipynb", "migrate": "migrate.ipynb"}
+PIPELINES = {"local": "finetune_local.ipynb", "openai": "finetune_openai.ipynb", "dpo": "finetune_dpo.ipynb", "migrate": "migrate.ipynb"}
 
 def env_info()->dict:
     "Python, platform, device and package versions: what a run needs to be reproduced."
@@ -618,7 +619,7 @@ class _PipelineArg(argparse.Action):
 
 @command(p=dict(flags=["-p", "--param"], nargs=2, action="append", metavar=("KEY", "VALUE")), pipeline=dict(action=_PipelineArg))
 def run(
-    pipeline:str,              # "local", "openai", or a pipeline notebook path (`run PIPELINE --help` lists its parameters)
+    pipeline:str,              # "local", "openai", "dpo", "migrate", or a pipeline notebook path (`run PIPELINE --help` lists its parameters)
     p:list[str]|None=None,     # a notebook parameter (repeatable): -p epochs 2 -p name my-run
     name:str|None=None,        # run name: results in <runs-dir>/<name>/ (default: the pipeline name)
     runs_dir:str|None=None,    # parent folder of run folders (default: `<data dir>/runs`, the one home of runs; `$FINETUNE_NB_DATA_DIR`)

@@ -15,13 +15,15 @@ try: from orjson import loads as _loads
 except ImportError: _loads = json.loads
 
 # %% auto #0
-__all__ = ['ROLES', 'FORMATS', 'MAX_FILE_BYTES', 'UNSUPPORTED', 'SHAREGPT', 'TRAINING_PRICES', 'MAX_TOKENS_PER_EXAMPLE',
-           'MESSAGE_KEYS', 'RECORD_KEYS', 'FUNCTION_NAME', 'Message', 'Conversation', 'TrainingExample', 'ChatDataset',
-           'to_records', 'normalize_messages', 'read_items', 'detect_format', 'ShareGPTTags', 'to_conversation',
-           'read_dataset', 'export_records', 'write_dataset', 'write_openai_jsonl', 'write_alpaca', 'write_sharegpt',
-           'get_encoding', 'TokenCounter', 'count_tokens', 'hf_token_counts', 'default_epochs', 'estimate_cost',
-           'Issue', 'ValidationReport', 'token_stats', 'validate_file', 'validate_records', 'dedupe', 'split',
-           'split_file', 'dedupe_file', 'dataset_stats', 'plot_token_histogram', 'DatasetBuilder']
+__all__ = ['ROLES', 'FORMATS', 'MAX_FILE_BYTES', 'PREFERENCE_DATA', 'PREFERENCE_FORMATS', 'UNSUPPORTED', 'SHAREGPT',
+           'TRAINING_PRICES', 'DPO_PRICES', 'MAX_TOKENS_PER_EXAMPLE', 'MESSAGE_KEYS', 'RECORD_KEYS', 'FUNCTION_NAME',
+           'PREFERENCE_RECORD_KEYS', 'Message', 'Conversation', 'TrainingExample', 'ChatDataset', 'to_records',
+           'normalize_messages', 'Preference', 'PreferenceDataset', 'read_items', 'detect_format', 'ShareGPTTags',
+           'to_conversation', 'read_dataset', 'is_preference_data', 'export_records', 'write_dataset',
+           'write_openai_jsonl', 'write_alpaca', 'write_sharegpt', 'get_encoding', 'TokenCounter', 'count_tokens',
+           'hf_token_counts', 'default_epochs', 'estimate_cost', 'Issue', 'ValidationReport', 'token_stats',
+           'validate_file', 'validate_records', 'dedupe', 'split', 'split_file', 'dedupe_file', 'dataset_stats',
+           'plot_token_histogram', 'to_preference', 'read_preferences', 'DatasetBuilder']
 
 # %% ../nbs/01_data.ipynb #b6a5a19f
 ROLES = ("system", "user", "assistant", "tool", "function")
@@ -179,16 +181,59 @@ def normalize_messages(
         out.append(d)
     return out
 
+# %% ../nbs/01_data.ipynb #737ebd8c
+_PREF_KEYS = ("input", "preferred_output", "non_preferred_output")
+
+@dataclass
+class Preference:
+    "A preference pair, the unit of DPO data: a prompt (a conversation before its answer) and two answers, the preferred first."
+    prompt:Conversation                      # the messages before the answer, with the tools they may call (OpenAI's `input`)
+    chosen:list[Message]                     # the preferred answer: assistant message(s) (OpenAI's `preferred_output`)
+    rejected:list[Message]                   # the non-preferred answer (OpenAI's `non_preferred_output`)
+    extra:dict=field(default_factory=dict)   # other record keys (`metadata`, `id`, ...), kept as they came
+    keys:tuple=field(default=(), repr=False, compare=False)     # record keys as read, in order
+    source:dict|None=field(default=None, repr=False, compare=False)  # where it was read and the format's hints
+    @classmethod
+    def from_dict(cls, d:dict)->Preference:
+        "From an OpenAI DPO record."
+        return cls(Conversation.from_dict(d["input"]), [Message.from_dict(m) for m in d["preferred_output"]],
+                   [Message.from_dict(m) for m in d["non_preferred_output"]], extra={k: v for k, v in d.items() if k not in _PREF_KEYS}, keys=tuple(d))
+    def to_dict(self)->dict:
+        "The OpenAI DPO record."
+        d = {"input": self.prompt.to_dict(), "preferred_output": [m.to_dict() for m in self.chosen], "non_preferred_output": [m.to_dict() for m in self.rejected]}
+        d.update(self.extra)
+        return _ordered(d, self.keys)
+    def conversations(self)->tuple[Conversation, Conversation]:
+        "(prompt + chosen, prompt + rejected) as conversations, with the prompt's tools and the record's extra keys."
+        return _flat(self, self.prompt.messages + self.chosen), _flat(self, self.prompt.messages + self.rejected)
+    def to_trl(self)->dict:
+        "TRL's conversational `prompt`/`chosen`/`rejected` (plain template messages; `tools` when defined): what `DPOTrainer` reads."
+        d = {"prompt": normalize_messages(self.prompt.messages), "chosen": normalize_messages(self.chosen), "rejected": normalize_messages(self.rejected)}
+        if self.prompt.tools: d["tools"] = self.prompt.tools
+        return d
+
+def _flat(p:Preference, msgs:list)->Conversation:
+    "One side of a pair as a conversation: its messages, the prompt's tools, and the record's keys."
+    q = p.prompt
+    return Conversation(list(msgs), q.tools, q.parallel_tool_calls, q.functions, extra={**q.extra, **p.extra}, keys=q.keys,
+                        source=(p.source or {}).get("conv") or q.source)
+
+class PreferenceDataset(list):
+    "A list of `Preference`s."
+    def to_records(self)->list[dict]: return [p.to_dict() for p in self]
+    def __repr__(self): return f"PreferenceDataset({len(self)} pairs)"
+
 # %% ../nbs/01_data.ipynb #fed6a930
 FORMATS = ("openai", "sharegpt", "alpaca", "trl", "lf_v1")
 MAX_FILE_BYTES = 4 << 30  # a data file larger than this is refused (split it first)
-UNSUPPORTED = {  # recognised formats that are not chat SFT data
+PREFERENCE_DATA = {  # preference (DPO) formats: `read_preferences` reads them, the chat readers refuse them by name
     "openai_dpo": "OpenAI preference (DPO) data (input + preferred_output + non_preferred_output)",
-    "lf_v1_dpo": "LLaMA-Factory v1 preference data (chosen_messages + rejected_messages)",
+    "trl_dpo": "TRL preference data (prompt + chosen + rejected)",
     "sharegpt_dpo": "ShareGPT preference data (conversations + chosen + rejected)",
     "alpaca_dpo": "Alpaca preference data (instruction + chosen + rejected)",
-    "trl_dpo": "TRL preference data (prompt + chosen + rejected)",
-    "kto": "KTO data (messages + a boolean label)"}
+    "lf_v1_dpo": "LLaMA-Factory v1 preference data (chosen_messages + rejected_messages)"}
+PREFERENCE_FORMATS = tuple(PREFERENCE_DATA)
+UNSUPPORTED = {"kto": "KTO data (messages + a boolean label)"}  # recognised formats that are neither chat nor preference data
 
 class _Bad(Exception):
     "A problem in one record: the field and what is wrong. Readers and writers raise it; their callers add the location."
@@ -483,8 +528,10 @@ def _from_lf_v1(o)->Conversation:
 _READERS = {"openai": _from_openai, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca, "trl": _from_trl, "lf_v1": _from_lf_v1}
 
 def _refuse_unsupported(fmt:str, path):
+    if fmt in PREFERENCE_DATA: raise DataError(f"{path}: {PREFERENCE_DATA[fmt]} is preference data, not chat (SFT) data",
+                                               hint="read it with `read_preferences` and train on it with TrainingConfig(method='dpo'); `finetune-nb convert` converts it between preference formats")
     if fmt in UNSUPPORTED: raise DataError(f"{path}: {UNSUPPORTED[fmt]} is not supported yet: it is not chat (SFT) data",
-                                           hint="preference (DPO) and KTO data are planned; read the file with `read_items` meanwhile")
+                                           hint="KTO data is planned; read the file with `read_items` meanwhile")
     if fmt not in FORMATS: raise ConfigError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
 
 def to_conversation(
@@ -668,20 +715,33 @@ def _conversations(ds)->list[Conversation]:
         else: raise DataError(f"cannot use item {len(out)} of type {type(r).__name__} as a conversation", hint="pass dicts like {'messages': [...]}, Conversation or TrainingExample objects")
     return out
 
+def is_preference_data(
+    ds,   # a data file path, or a dataset-like (records, `Conversation`s, `Preference`s)
+)->bool:  # True for preference (DPO) data
+    "Is `ds` preference data (a preference file, `Preference`s, or OpenAI DPO dicts)?"
+    if isinstance(ds, (str, Path)): return detect_format(ds) in PREFERENCE_FORMATS
+    if isinstance(ds, PreferenceDataset): return True
+    first = next(iter(ds), None) if isinstance(ds, (list, tuple)) else None
+    return isinstance(first, Preference) or isinstance(first, dict) and "preferred_output" in first
+
 def export_records(
     ds,                   # dataset-like: a ChatDataset, dicts, Conversations, or a file path
-    format:str="openai",  # target format (one of `FORMATS`)
+    format:str="openai",  # target format (one of `FORMATS`, or of `PREFERENCE_FORMATS` for preference data)
     lossy:bool=False,     # drop what the target can't hold (and count it) instead of stopping; a record with nothing left that fits is dropped whole
     tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names
 )->tuple[list[dict], Counter]: # (records in `format`, what was dropped: kind → count)
     "Records of `ds` in `format`, every field kept; or a `DataError` naming the record's location and the field the target can't hold."
-    if format not in FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    if format not in FORMATS + PREFERENCE_FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS + PREFERENCE_FORMATS)}")
     out, dropped, t, name = [], Counter(), ShareGPTTags.parse(tags), _NAMES[format]
     def drop(what, fld):
         if not lossy: raise _Bad(fld, f"no place for {what}")
         dropped[what] += 1
-    for i, c in enumerate(_conversations(ds)):
-        try: out.append(_to_sharegpt(c, drop, t) if format == "sharegpt" else _WRITERS[format](c, drop))
+    for i, c in enumerate(_preferences(ds) if is_preference_data(ds) else _conversations(ds)):
+        try:
+            if isinstance(c, Preference) and format in PREFERENCE_FORMATS: out.append(_to_sharegpt_dpo(c, drop, t) if format == "sharegpt_dpo" else _PREF_WRITERS[format](c, drop)); continue
+            if isinstance(c, Preference): drop("rejected answers", "non_preferred_output"); c = _flat(c, c.prompt.messages + c.chosen)  # chat data: prompt + chosen
+            elif format in PREFERENCE_FORMATS: raise _Bad("messages", "a conversation has no chosen/rejected answers to write as preference data")
+            out.append(_to_sharegpt(c, drop, t) if format == "sharegpt" else _WRITERS[format](c, drop))
         except _Bad as e:
             if lossy: dropped["whole records"] += 1; continue   # nothing of the right shape is left of it
             loc = (c.source or {}).get("where")
@@ -857,6 +917,10 @@ TRAINING_PRICES = {  # USD per 1M training tokens (OpenAI list prices; check you
     "gpt-4o-mini-2024-07-18": 3.00, "gpt-4o-2024-08-06": 25.00, "gpt-4.1-2025-04-14": 25.00,
     "gpt-4.1-mini-2025-04-14": 5.00, "gpt-4.1-nano-2025-04-14": 1.50, "gpt-3.5-turbo-0125": 8.00,
 }
+DPO_PRICES = {  # USD per 1M training tokens for DPO jobs (the models OpenAI offers DPO on; a pair's tokens are both sides')
+    "gpt-4o-mini-2024-07-18": 3.00, "gpt-4o-2024-08-06": 25.00, "gpt-4.1-2025-04-14": 25.00,
+    "gpt-4.1-mini-2025-04-14": 5.00, "gpt-4.1-nano-2025-04-14": 1.50,
+}
 MAX_TOKENS_PER_EXAMPLE = 65536
 
 def default_epochs(
@@ -883,12 +947,14 @@ def estimate_cost(
     n_epochs:int|None=None,           # None = OpenAI's auto rule
     prices:dict|None=None,            # USD per 1M tokens, default `TRAINING_PRICES`
     max_tokens:int=MAX_TOKENS_PER_EXAMPLE, # longer examples are truncated (and billed) at this length
+    method:str="supervised",          # "supervised", or "dpo" (pairs: counts are both sides' tokens, priced from `DPO_PRICES`)
 )->dict:
     "Billable tokens, epochs and estimated USD cost of fine-tuning on examples with `token_counts`."
-    billable = sum(min(max_tokens, n) for n in token_counts)
+    if method not in ("supervised", "dpo"): raise ConfigError(f"estimate_cost: unknown method {method!r}", hint="use 'supervised' or 'dpo'")
+    billable = sum(min(max_tokens * (2 if method == "dpo" else 1), n) for n in token_counts)
     epochs = n_epochs or default_epochs(len(token_counts))
-    price = _price(model, TRAINING_PRICES if prices is None else prices)
-    return {"model": model, "billable_tokens": billable, "n_epochs": epochs, "trained_tokens": billable * epochs,
+    price = _price(model, (DPO_PRICES if method == "dpo" else TRAINING_PRICES) if prices is None else prices)
+    return {"model": model, "method": method, "billable_tokens": billable, "n_epochs": epochs, "trained_tokens": billable * epochs,
             "usd_per_1m": price, "estimated_usd": None if price is None else round(billable * epochs * price / 1e6, 4)}
 
 # %% ../nbs/01_data.ipynb #9556f8ba
@@ -1110,7 +1176,7 @@ class _Validator:
         self.source, self.max_tokens, self.min_examples = source, max_tokens, min_examples
         self.tc = TokenCounter(model) if count else None
         self.rep, self.n_lines, self.tokens, self.asst, self.tool_defs, self.tool_calls = ValidationReport(), 0, [], [], 0, 0
-        self.seen_exact, self.seen_norm, self.model = {}, {}, model
+        self.seen_exact, self.seen_norm, self.model, self.pairs = {}, {}, model, False
     def issue(self, line, fld, kind, msg, warn=False, idx=None):
         if idx is not None: fld = f"[{idx}]" + (("" if fld.startswith("[") else ".") + fld if fld else "")
         (self.rep.warnings if warn else self.rep.errors).append(Issue(self.source, line, fld, kind, msg))
@@ -1147,7 +1213,7 @@ class _Validator:
         if self.tc and self.tokens: st.update(token_stats(self.tokens), assistant_tokens=sum(self.asst), tool_definition_tokens=self.tool_defs,
                                               tool_call_tokens=self.tool_calls,
                                               cost=estimate_cost(self.tokens, self.model if self.model in TRAINING_PRICES else "gpt-4o-mini-2024-07-18",
-                                                                 max_tokens=self.max_tokens or MAX_TOKENS_PER_EXAMPLE))
+                                                                 max_tokens=self.max_tokens or MAX_TOKENS_PER_EXAMPLE, method="dpo" if self.pairs else "supervised"))
         self.rep.stats = st
         return self.rep
 
@@ -1168,7 +1234,7 @@ def _converter(fmt:str, tags=None):
 
 def validate_file(
     path:str|Path,               # the data file (JSONL, or a JSON array)
-    format:str|None=None,        # one of `FORMATS` (non-OpenAI records are converted, then checked); None = detect
+    format:str|None=None,        # one of `FORMATS` or `PREFERENCE_FORMATS` (records are converted to OpenAI's, then checked); None = detect
     model:str|None=None,         # OpenAI model for exact token counts (default gpt-4o-mini)
     max_tokens:int|None=None,    # warn above this many tokens per example (default 65,536)
     min_examples:int=10,         # fewer valid examples is an error (OpenAI's minimum)
@@ -1178,7 +1244,7 @@ def validate_file(
     "Validate a data file record by record, reporting every problem with its line (and index in a JSON array) and field."
     path = Path(path)
     if not path.exists(): raise DataError(f"{path}: no such file")
-    if format is not None and format not in FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    if format is not None and format not in FORMATS + PREFERENCE_FORMATS: raise ConfigError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS + PREFERENCE_FORMATS)}")
     if path.stat().st_size > MAX_FILE_BYTES: raise DataError(f"{path}: {path.stat().st_size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit", hint="split the file")
     with open(path, "rb") as f: data = f.read()
     v = _Validator(str(path), model or "gpt-4o-mini-2024-07-18", max_tokens or MAX_TOKENS_PER_EXAMPLE, min_examples, count_tokens)
@@ -1192,7 +1258,8 @@ def validate_file(
         v.n_lines = len(items) if items is not None else data.count(b"\n")
         v.issue(0, "", "unsupported_format", f"{UNSUPPORTED[fmt]} is not supported yet: it is not chat (SFT) data")
         return v.finish()
-    conv = _converter(fmt, tags)
+    if fmt in PREFERENCE_FORMATS: conv, v.pairs = _pref_converter(fmt, tags), True
+    else: conv = _converter(fmt, tags)
     if items is not None:
         v.n_lines = len(items)
         for ln, k, o in items: _convert_and_check(v, ln, o, conv, idx=k)
@@ -1216,10 +1283,11 @@ def validate_file(
 def _convert_and_check(v, line, o, conv, raw=None, idx=None):
     if conv is not None:
         try: o, raw = conv(o), None
-        except _Bad as e: v.issue(line, e.fld, "bad_record", e.msg, idx=idx); return
+        except _Bad as e: v.issue(line, e.fld, getattr(e, "kind", "bad_record"), e.msg, idx=idx); return
         except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
             v.issue(line, "", "bad_record", f"malformed record ({type(e).__name__}: {str(e)[:80]})", idx=idx); return
-    v.record(line, o, raw, idx)
+    if v.pairs: _pair_check(v, line, o, raw, idx)
+    else: v.record(line, o, raw, idx)
 
 def _whole(data:bytes):
     try: return json.loads(data)
@@ -1239,7 +1307,7 @@ def _detect_lenient(objs:list)->str:
     except DataError: return "openai"
 
 def validate_records(
-    records,                       # dataset-like (ChatDataset, dicts, Conversations)
+    records,                       # dataset-like (ChatDataset, dicts, Conversations), or preference data (Preferences, OpenAI DPO dicts)
     source:str="<memory>",         # name used in issues
     model:str|None=None,           # OpenAI model for token counts
     max_tokens:int|None=None,      # warn above this
@@ -1247,9 +1315,12 @@ def validate_records(
 )->ValidationReport:
     "Validate in-memory records with the same checks as `validate_file` (line = index + 1)."
     v = _Validator(source, model or "gpt-4o-mini-2024-07-18", max_tokens or MAX_TOKENS_PER_EXAMPLE, min_examples, True)
+    records = list(records)
+    v.pairs = is_preference_data(records)
     for i, r in enumerate(records, 1):
         v.n_lines += 1
-        v.record(i, r.to_dict() if isinstance(r, Conversation) else r)
+        if v.pairs: _pair_check(v, i, r.to_dict() if isinstance(r, Preference) else r)
+        else: v.record(i, r.to_dict() if isinstance(r, Conversation) else r)
     return v.finish()
 
 # %% ../nbs/01_data.ipynb #e7793e06
@@ -1278,9 +1349,9 @@ def split(
     seed:int=42,          # makes the split reproducible
 )->tuple[ChatDataset, ChatDataset]:  # (train, validation)
     "Shuffle with `seed` and split into train and validation sets."
-    cs = _conversations(ds)
+    cs, cls = (_preferences(ds), PreferenceDataset) if is_preference_data(ds) else (_conversations(ds), ChatDataset)
     tr, va = _split_indices(len(cs), val_frac, seed)
-    return ChatDataset(cs[i] for i in tr), ChatDataset(cs[i] for i in va)
+    return cls(cs[i] for i in tr), cls(cs[i] for i in va)
 
 def _outputs(path:Path, out_dir, is_array:bool, *names)->list[Path]:
     d, stem = Path(out_dir) if out_dir else path.parent, path.name.split(".")[0]
@@ -1354,6 +1425,268 @@ def plot_token_histogram(
     ax.axvline(st["tokens_p95"], color="#C44E52", ls=":", lw=1.5, label=f"p95 {st['tokens_p95']}")
     ax.set(title=title, xlabel="tokens", ylabel="examples"); ax.legend()
     return ax
+
+# %% ../nbs/01_data.ipynb #0333e1a7
+def _bad(fld:str, msg:str, kind:str)->_Bad:
+    "A `_Bad` with its validation kind."
+    e = _Bad(fld, msg); e.kind = kind
+    return e
+
+def _msgs(lst, fld:str)->list[Message]:
+    if not isinstance(lst, list): raise _Bad(fld, f"'{fld}' must be a list of messages")
+    for j, m in enumerate(lst):
+        if not isinstance(m, dict): raise _Bad(f"{fld}[{j}]", "message is not a JSON object")
+    return [Message.from_dict(m) for m in lst]
+
+def _answer_start(ms:list[Message])->int:
+    "Where the trailing assistant turns (the answer) begin."
+    k = len(ms)
+    while k and ms[k-1].role == "assistant": k -= 1
+    return k
+
+def _common_prompt(cm:list, rm:list, fc:str, fr:str)->tuple[list, list, list]:
+    "(prompt, chosen answer, rejected answer) of two whole conversations; the prompts must be equal."
+    kc, kr = _answer_start(cm), _answer_start(rm)
+    for fld, ms, k in ((fc, cm, kc), (fr, rm, kr)):
+        if k == len(ms): raise _bad(fld, "ends without an assistant answer", "empty_output")
+    if cm[:kc] != rm[:kr]:
+        j = next((j for j, (a, b) in enumerate(zip(cm[:kc], rm[:kr])) if a != b), min(kc, kr))
+        raise _bad(f"{fr}[{j}]", f"the prompt differs from {fc}'s (first at message {j}): both sides must answer the same prompt", "prompt_mismatch")
+    return cm[:kc], cm[kc:], rm[kr:]
+
+def _pair(prompt:Conversation, chosen, rejected, extra:dict, o:dict, fmt:str, **hints)->Preference:
+    "A `Preference` whose record keys (other than the prompt's) ride in `extra`."
+    prompt.extra = {}
+    return Preference(prompt, chosen, rejected, extra=extra, keys=(), source={"format": fmt, "keys": tuple(o), "conv": prompt.source, **hints})
+
+def _from_openai_dpo(o)->Preference:
+    _need_dict(o, 'an OpenAI DPO record is {"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}')
+    inp = o.get("input")
+    if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list): raise _Bad("input.messages", "OpenAI DPO record needs an 'input' object with a 'messages' list")
+    try: prompt = _from_openai(inp)
+    except _Bad as e: raise _Bad(f"input.{e.fld}", e.msg) from None
+    outs = [_msgs(o.get(k), k) for k in ("preferred_output", "non_preferred_output")]
+    return Preference(prompt, *outs, extra={k: v for k, v in o.items() if k not in _PREF_KEYS}, keys=tuple(o), source={"format": "openai_dpo"})
+
+def _from_trl_dpo(o)->Preference:
+    p, ch, rj = _need_dict(o, "TRL preference").get("prompt"), o.get("chosen"), o.get("rejected")
+    std = isinstance(ch, str)
+    if std:
+        if not isinstance(rj, str) or not (p is None or isinstance(p, str)): raise _Bad("rejected", "TRL standard preference data has string 'prompt', 'chosen' and 'rejected'")
+        pm, cm, rm = ([Message("user", p)] if "prompt" in o else []), [Message("assistant", ch)], [Message("assistant", rj)]
+    else:
+        cm, rm = _msgs(ch, "chosen"), _msgs(rj, "rejected")
+        if "prompt" in o: pm = _msgs(p, "prompt")
+        else: pm, cm, rm = _common_prompt(cm, rm, "chosen", "rejected")
+    c, extra = Conversation(pm), {}
+    for k, v in o.items():
+        if k == "tools": c.tools = _wrap_tools(v, k)
+        elif k in ("parallel_tool_calls", "functions"): setattr(c, k, v)
+        elif k not in ("prompt", "chosen", "rejected"): extra[k] = v
+    c.keys = ("messages",) + tuple(k for k in o if k in _CONV_OPTIONAL)
+    bare = isinstance(o.get("tools"), list) and bool(o["tools"]) and _unwrap_tools(c.tools) is not None and c.tools != o["tools"]
+    return _pair(c, cm, rm, extra, o, "trl_dpo", standard=std, implicit="prompt" not in o, bare_tools=bare)
+
+def _from_sharegpt_dpo(o, tags:ShareGPTTags|None=None)->Preference:
+    t = tags or SHAREGPT
+    prompt = _from_sharegpt({k: v for k, v in _need_dict(o, "ShareGPT preference").items() if k not in ("chosen", "rejected")}, t)
+    outs, hints = [], {}
+    for k in ("chosen", "rejected"):
+        v = o.get(k)
+        if not (isinstance(v, dict) or isinstance(v, list) and v): raise _Bad(k, f"ShareGPT preference record needs a '{k}' turn")
+        try: outs.append(_from_sharegpt({t.messages: [v] if isinstance(v, dict) else v}, t).messages)
+        except _Bad as e: raise _Bad(k + (e.fld[len(t.messages):] if isinstance(v, list) else e.fld[len(t.messages) + 3:]), e.msg) from None
+        hints[f"{k}_list"] = isinstance(v, list)
+    return _pair(prompt, *outs, dict(prompt.extra), o, "sharegpt_dpo", **hints)
+
+def _from_alpaca_dpo(o)->Preference:
+    for k in ("chosen", "rejected"):
+        if not isinstance(_need_dict(o, "Alpaca preference").get(k), str): raise _Bad(k, f"Alpaca preference record needs a string '{k}'")
+    if "output" in o or "response" in o: raise _Bad("output" if "output" in o else "response", "an Alpaca preference record has 'chosen' and 'rejected', not an answer column too")
+    c = _from_alpaca({**{k: v for k, v in o.items() if k not in ("chosen", "rejected")}, "output": o["chosen"]})
+    return _pair(Conversation(c.messages[:-1], keys=("messages",), source=c.source), c.messages[-1:], [Message("assistant", o["rejected"])], dict(c.extra), o, "alpaca_dpo")
+
+def _from_lf_v1_dpo(o)->Preference:
+    rest, sides = {k: v for k, v in _need_dict(o, "LLaMA-Factory v1 preference").items() if k not in ("chosen_messages", "rejected_messages")}, []
+    for k in ("chosen_messages", "rejected_messages"):
+        if not isinstance(o.get(k), list): raise _Bad(k, f"LLaMA-Factory v1 preference record needs a '{k}' list")
+        try: sides.append(_from_lf_v1({"messages": o[k], **rest}))
+        except _Bad as e: raise _Bad(k + e.fld[len("messages"):] if e.fld.startswith("messages") else e.fld, e.msg) from None
+    pm, cm, rm = _common_prompt(sides[0].messages, sides[1].messages, "chosen_messages", "rejected_messages")
+    c = sides[0]; c.messages = pm
+    return _pair(c, cm, rm, dict(c.extra), o, "lf_v1_dpo")
+
+_PREF_READERS = {"openai_dpo": _from_openai_dpo, "trl_dpo": _from_trl_dpo, "sharegpt_dpo": _from_sharegpt_dpo, "alpaca_dpo": _from_alpaca_dpo, "lf_v1_dpo": _from_lf_v1_dpo}
+
+def to_preference(
+    record,                    # one parsed record
+    format:str="openai_dpo",   # its format (one of `PREFERENCE_FORMATS`)
+    tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names
+)->Preference:
+    "One preference record of any supported format as a `Preference`; a `DataError` names the field if it can't be read."
+    if format not in PREFERENCE_FORMATS: raise ConfigError(f"unknown preference format {format!r}", hint=f"use one of {', '.join(PREFERENCE_FORMATS)}")
+    try: return _from_sharegpt_dpo(record, ShareGPTTags.parse(tags)) if format == "sharegpt_dpo" else _PREF_READERS[format](record)
+    except _Bad as e: raise DataError(f"{e.fld or '-'}: {e.msg}") from None
+
+def read_preferences(
+    path:str|Path,         # file to read (JSONL or a JSON array)
+    format:str|None=None,  # one of `PREFERENCE_FORMATS`; None = detect from the content
+    tags:ShareGPTTags|dict|list|None=None, # ShareGPT column/speaker names
+)->PreferenceDataset:
+    "Read a preference (DPO) data file in any supported format into a `PreferenceDataset`, keeping every field."
+    items, _ = read_items(path)
+    fmt = format or (_detect(items, path) if items else "openai_dpo")
+    if fmt not in PREFERENCE_FORMATS:
+        raise DataError(f"{path}: {_NAMES.get(fmt, fmt)} data is not preference data (no chosen/rejected answers)",
+                        hint=f"read it with `read_dataset`; preference formats are {', '.join(PREFERENCE_FORMATS)}") if fmt in FORMATS else \
+              ConfigError(f"unknown preference format {fmt!r}", hint=f"use one of {', '.join(PREFERENCE_FORMATS)}")
+    t, out = ShareGPTTags.parse(tags), PreferenceDataset()
+    for loc, o in items:
+        try: p = _from_sharegpt_dpo(o, t) if fmt == "sharegpt_dpo" else _PREF_READERS[fmt](o)
+        except _Bad as e: raise DataError(f"{_at(loc, e.fld)}: {e.msg}", hint=f"run `finetune-nb validate {path}` to see every problem") from None
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
+            raise DataError(f"{_at(loc)}: not a valid {fmt} record ({type(e).__name__}: {str(e)[:100]})") from None
+        p.source = {**(p.source or {}), "format": fmt, "where": loc}
+        out.append(p)
+    return out
+
+# %% ../nbs/01_data.ipynb #a363e457
+def _src(p:Preference, fmt:str)->dict: return p.source if p.source and p.source.get("format") == fmt else {}
+
+def _to_openai_dpo(p:Preference, drop)->dict:
+    d = p.to_dict()
+    d["input"] = _to_openai(p.prompt, drop)
+    return d
+
+def _to_trl_dpo(p:Preference, drop)->dict:
+    s, r = _src(p, "trl_dpo"), _flat(p, p.prompt.messages).to_dict()
+    pm, cm, rm = r["messages"], [m.to_dict() for m in p.chosen], [m.to_dict() for m in p.rejected]
+    plain = lambda ms, role: len(ms) == 1 and ms[0].keys() == {"role", "content"} and ms[0]["role"] == role and isinstance(ms[0]["content"], str)
+    if s.get("standard") and (plain(pm, "user") or not pm and s.get("implicit")) and plain(cm, "assistant") and plain(rm, "assistant"):
+        cols = ({} if s.get("implicit") else {"prompt": pm[0]["content"]}) | {"chosen": cm[0]["content"], "rejected": rm[0]["content"]}
+    elif s.get("implicit") and pm: cols = {"chosen": pm + cm, "rejected": pm + rm}
+    else: cols = {"prompt": pm, "chosen": cm, "rejected": rm}
+    res = {}
+    for k, v in r.items():
+        if k == "messages": res.update(cols)
+        elif k in ("prompt", "chosen", "rejected"): raise _Bad(k, f"the record key {k!r} clashes with a TRL column")
+        elif k == "tools" and s.get("bare_tools") and isinstance(v, list): res[k] = _unwrap_tools(v) or v
+        else: res[k] = v
+    return _ordered(res, s.get("keys"))
+
+def _to_sharegpt_dpo(p:Preference, drop, tags:ShareGPTTags|None=None)->dict:
+    t, s = tags or SHAREGPT, _src(p, "sharegpt_dpo")
+    d = _to_sharegpt(_flat(p, p.prompt.messages), drop, t)
+    for k, out in (("chosen", p.chosen), ("rejected", p.rejected)):
+        if k in d: raise _Bad(k, f"the record key {k!r} clashes with a ShareGPT preference column")
+        turns = _to_sharegpt(Conversation(out), drop, t)[t.messages]
+        d[k] = turns[0] if len(turns) == 1 and not s.get(f"{k}_list") else turns
+    return _ordered(d, s.get("keys"))
+
+def _to_alpaca_dpo(p:Preference, drop)->dict:
+    s = _src(p, "alpaca_dpo")
+    if len(p.rejected) != 1 or p.rejected[0].role != "assistant": raise _Bad("non_preferred_output", "Alpaca holds one rejected assistant answer")
+    rj = p.rejected[0]
+    for k in ("weight", "name", "tool_calls", "function_call"):
+        if getattr(rj, k) is not None: drop(k, f"non_preferred_output[0].{k}")
+    if rj.extra: drop("message keys", f"non_preferred_output[0].{next(iter(rj.extra))}")
+    d = _to_alpaca(_flat(p, p.prompt.messages + p.chosen), drop)
+    for k in ("chosen", "rejected"):
+        if k in d: raise _Bad(k, f"the record key {k!r} clashes with an Alpaca preference column")
+    ans, rtext = "response" if "response" in d else "output", _text_of(rj.content, "non_preferred_output[0].content", drop) or ""
+    d = {x: y for k, v in d.items() for x, y in ((("chosen", v), ("rejected", rtext)) if k == ans else ((k, v),))}   # the answer's place
+    return _ordered(d, s.get("keys"))
+
+def _to_lf_v1_dpo(p:Preference, drop)->dict:
+    c, r = (_to_lf_v1(x, drop) for x in p.conversations())
+    d = {"chosen_messages": c.pop("messages"), "rejected_messages": r["messages"]}
+    for k, v in c.items():
+        if k in d: raise _Bad(k, f"the record key {k!r} clashes with a LLaMA-Factory v1 preference column")
+        d[k] = v
+    return _ordered(d, _src(p, "lf_v1_dpo").get("keys"))
+
+_PREF_WRITERS = {"openai_dpo": _to_openai_dpo, "trl_dpo": _to_trl_dpo, "sharegpt_dpo": _to_sharegpt_dpo, "alpaca_dpo": _to_alpaca_dpo, "lf_v1_dpo": _to_lf_v1_dpo}
+_NAMES.update(openai_dpo="OpenAI DPO", trl_dpo="TRL preference", sharegpt_dpo="ShareGPT preference", alpaca_dpo="Alpaca preference", lf_v1_dpo="LLaMA-Factory v1 preference")
+
+def _preferences(ds)->list[Preference]:
+    "Anything preference-like as `Preference`s: a file path, `Preference`s, or OpenAI DPO record dicts."
+    if isinstance(ds, (str, Path)): return read_preferences(ds)
+    out = []
+    for r in ds:
+        if isinstance(r, Preference): out.append(r)
+        elif isinstance(r, dict) and "input" in r:
+            try: out.append(_from_openai_dpo(r))
+            except _Bad as e: raise DataError(f"item {len(out)}: {e.fld}: {e.msg}") from None
+        else: raise DataError(f"cannot use item {len(out)} of type {type(r).__name__} as a preference pair",
+                              hint='pass Preference objects or OpenAI DPO dicts {"input": ..., "preferred_output": ..., "non_preferred_output": ...}')
+    return out
+
+# %% ../nbs/01_data.ipynb #ef91cdec
+PREFERENCE_RECORD_KEYS = {"input", "preferred_output", "non_preferred_output", "metadata"}
+_MSG_FLD = re.compile(r"^messages\[(\d+)\](.*)$")
+
+def _check_preference(o, add, add_warn)->bool:
+    "Check one OpenAI DPO record: the prompt and both outputs as chat, then what breaks a preference pair."
+    if not isinstance(o, dict): add("", "not_a_dict", f"record is a {type(o).__name__}, not a JSON object"); return False
+    inp = o.get("input")
+    if not isinstance(inp, dict): add("input", "missing_input", "no 'input' object holding the prompt's messages"); return False
+    ms = inp.get("messages")
+    if not isinstance(ms, list) or not ms: add("input.messages", "missing_messages", "'input.messages' must be a non-empty list"); return False
+    for k in o:
+        if k not in PREFERENCE_RECORD_KEYS: add_warn(k, "unrecognized_top_level_key", f"unrecognized key {k!r} (ignored by OpenAI)")
+    outs = {}
+    for k in ("preferred_output", "non_preferred_output"):
+        v = o.get(k)
+        if not isinstance(v, list) or not v: add(k, "empty_output", f"'{k}' must be a non-empty list holding the assistant's answer")
+        else: outs[k] = v
+    if len(outs) < 2: return False
+    n, ok = len(ms), True
+    for side, (k, out) in enumerate(outs.items()):
+        def where(f, k=k):
+            m = _MSG_FLD.match(f)
+            if m: return f"input.messages[{m[1]}]{m[2]}" if int(m[1]) < n else f"{k}[{int(m[1]) - n}]{m[2]}"
+            return k if f == "messages" else f"input.{f}"
+        def report(f, kind, msg, warn=False, side=side, k=k):
+            f = where(f)
+            if kind == "no_assistant_message" or side and not f.startswith(k): return   # outputs are checked below; the prompt once
+            (add_warn if warn else add)(f, kind, msg)
+        n_bad = []
+        _check_record({**{x: y for x, y in inp.items() if x != "messages"}, "messages": ms + out},
+                      lambda f, kind, msg: (n_bad.append(1), report(f, kind, msg)), lambda f, kind, msg: report(f, kind, msg, True))
+        ok = ok and not n_bad
+        for j, m in enumerate(out):
+            if isinstance(m, dict) and m.get("role") != "assistant":
+                add(f"{k}[{j}].role", "invalid_output_role", f"an output is the assistant's answer, got role {str(m.get('role'))[:16]!r}"); ok = False
+    if ok and _exact_key(outs["preferred_output"]) == _exact_key(outs["non_preferred_output"]):
+        add("non_preferred_output", "identical_outputs", "the non-preferred output is the same as the preferred one: the pair teaches nothing"); ok = False
+    elif ok and _norm_key(outs["preferred_output"]) == _norm_key(outs["non_preferred_output"]):
+        add_warn("non_preferred_output", "near_identical_outputs", "the outputs differ only in whitespace")
+    return ok
+
+def _pair_check(v, line:int, o, raw=None, idx=None):
+    "The validator's step for one preference record: checks, duplicates, token counts (both sides) and the length rule."
+    add = lambda f, k, m: v.issue(line, f, k, m, idx=idx)
+    n_err = len(v.rep.errors)
+    if not _check_preference(o, add, lambda f, k, m: v.issue(line, f, k, m, warn=True, idx=idx)) or len(v.rep.errors) > n_err: return
+    where, ek = (line if idx is None else (line, idx)), _exact_key(o)
+    if ek in v.seen_exact: v.issue(line, "", "duplicate", f"exact duplicate of {_where(v.seen_exact[ek])}", warn=True, idx=idx); return
+    v.seen_exact[ek] = where
+    if not v.tc: v.tokens.append(None); return
+    inp = o["input"]
+    td = v.tc.tools(inp.get("tools"), inp.get("functions"))
+    prompt = v.tc.messages(inp["messages"]) + td
+    sides = [v.tc.messages(inp["messages"] + o[k]) + td for k in ("preferred_output", "non_preferred_output")]
+    if v.max_tokens and prompt >= v.max_tokens:
+        return add("input.messages", "prompt_too_long", f"the prompt alone is {prompt} tokens >= the limit {v.max_tokens}: no room is left for the answers")
+    v.tokens.append(sum(sides)); v.asst.append(sum(v.tc.assistant(o[k]) for k in ("preferred_output", "non_preferred_output"))); v.tool_defs += 2 * td
+    if v.max_tokens and max(sides) > v.max_tokens:
+        v.issue(line, "", "too_long", f"{max(sides)} tokens (prompt + the longer answer) > limit {v.max_tokens}; the answers will be truncated", warn=True, idx=idx)
+
+def _pref_converter(fmt:str, tags=None):
+    "A function turning a record of a preference format into an OpenAI DPO dict (None for OpenAI's own)."
+    if fmt == "openai_dpo": return None
+    t = ShareGPTTags.parse(tags)
+    return (lambda o: _from_sharegpt_dpo(o, t).to_dict()) if fmt == "sharegpt_dpo" else (lambda o: _PREF_READERS[fmt](o).to_dict())
 
 # %% ../nbs/01_data.ipynb #8a46963d
 class DatasetBuilder:

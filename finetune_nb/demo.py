@@ -10,7 +10,7 @@ from .core import atomic_write
 
 # %% auto #0
 __all__ = ['CATEGORIES', 'PRIORITIES', 'SENTIMENTS', 'DEMO_SYSTEM', 'DEMO_FIELDS', 'CUES', 'make_message', 'make_demo_data',
-           'demo_labels', 'demo_cues', 'demo_pretrain_text', 'write_demo_files', 'demo_recipe']
+           'demo_labels', 'demo_cues', 'demo_preferences', 'demo_pretrain_text', 'write_demo_files', 'demo_recipe']
 
 # %% ../nbs/01a_demo.ipynb #edd67e0e
 CATEGORIES = ["billing", "technical", "account", "shipping", "feedback"]
@@ -194,6 +194,24 @@ def demo_cues(
     out = {f: {l for l,ts in labs.items() for t in ts if t and all(p in m for p in _fragments(t))}
            for f,labs in CUES.items()}
     if not out["sentiment"]: out["sentiment"] = {"neutral"}
+    return out
+
+# %% ../nbs/01a_demo.ipynb #203d0baf
+def demo_preferences(
+    records:list[dict],      # demo chat records (`make_demo_data`'s)
+    field:str="priority",    # the field made wrong in the non-preferred answer: "priority" (one step off), "sentiment" or "category"
+    seed:int=0,              # which way the wrong step goes, where both are possible
+)->list[dict]:               # OpenAI DPO records: input, preferred_output, non_preferred_output
+    "Preference pairs from demo records: chosen = the right verdict, rejected = the same verdict with `field` one step off."
+    if field not in DEMO_FIELDS: raise ValueError(f"field must be one of {DEMO_FIELDS}, got {field!r}")
+    order, rng, out = {"category": CATEGORIES, "priority": PRIORITIES, "sentiment": SENTIMENTS}[field], random.Random(seed), []
+    for r in records:
+        labels = demo_labels(r)
+        i = order.index(labels[field])
+        j = i + 1 if i == 0 else i - 1 if i == len(order) - 1 else i + rng.choice((-1, 1))
+        wrong = {**labels, field: order[j]}
+        out.append({"input": {"messages": r["messages"][:-1]}, "preferred_output": [r["messages"][-1]],
+                    "non_preferred_output": [{"role": "assistant", "content": json.dumps({f: wrong[f] for f in DEMO_FIELDS})}]})
     return out
 
 # %% ../nbs/01a_demo.ipynb #9b80b46e

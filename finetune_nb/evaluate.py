@@ -24,8 +24,9 @@ __all__ = ['METRICS', 'DEFAULT_METRICS', 'JSON_METRICS', 'TOOL_METRICS', 'NOT_SC
            'tool_args_match', 'tool_call_exact_match', 'register_metric', 'resolve_metrics', 'compute_metrics',
            'default_weights', 'overall_score', 'paired_bootstrap_ci', 'mean_ci', 'wilson_ci', 'call_chat',
            'EvalExample', 'to_examples', 'EvalResult', 'Comparison', 'FineTuneEvaluator', 'summarize', 'score_summary',
-           'judge_messages', 'parse_verdict', 'JudgeVerdict', 'ABTestEvaluator', 'plot_metric_bars',
-           'plot_score_distributions', 'plot_scatter', 'plot_loss_curves', 'report_markdown', 'write_report']
+           'judge_messages', 'parse_verdict', 'JudgeVerdict', 'ABTestEvaluator', 'preference_scores',
+           'plot_metric_bars', 'plot_score_distributions', 'plot_scatter', 'plot_loss_curves', 'plot_preference',
+           'report_markdown', 'write_report']
 
 # %% ../nbs/06_evaluate.ipynb #3b7d644f
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -578,6 +579,55 @@ async def ajudge(self:ABTestEvaluator,
     v = await self.ajudge_pair(0, msgs, response_a, response_b, reference)
     return {"winner": v.winner, "reasoning": _reason(v.raw), "first": v.first, "second": v.second, "malformed": v.malformed, "raw": v.raw}
 
+# %% ../nbs/06_evaluate.ipynb #2270972d
+def _answer_logps(model, tokenizer, pairs:list[dict], batch_size:int=8)->list[float]:
+    "Summed log-probabilities of each answer given its prompt (`pairs`: TRL rows with `prompt` and `answer`)."
+    import torch
+    rows = []
+    for r in pairs:
+        tools = json.loads(r["tools"]) if isinstance(r.get("tools"), str) else r.get("tools")
+        p = tokenizer.apply_chat_template(r["prompt"], tools=tools, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template(r["prompt"] + r["answer"], tools=tools, tokenize=True, return_dict=True)["input_ids"]
+        k = next((i for i, (a, b) in enumerate(zip(p, full)) if a != b), min(len(p), len(full)))
+        rows.append((list(full), k))
+    out, dev = [], next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for s in range(0, len(rows), batch_size):
+        b = rows[s:s+batch_size]
+        n = max(len(ids) for ids, _ in b)
+        ids = torch.tensor([x + [pad] * (n - len(x)) for x, _ in b], device=dev)
+        att = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x, _ in b], device=dev)
+        with torch.no_grad(): logp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits[:, :-1].float(), -1)
+        tok = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        for j, (x, k) in enumerate(b): out.append(float(tok[j, max(k, 1) - 1:len(x) - 1].sum()))
+    return out
+
+def preference_scores(
+    model,                # the policy (a `PeftModel`: its reference is the base with the adapter disabled)
+    tokenizer,            # its tokenizer (chat template)
+    pairs,                # held-out preference data: a file, `Preference`s or OpenAI DPO dicts
+    beta:float=0.1,       # DPO's beta (scales the rewards; the ranking doesn't depend on it)
+    reference=None,       # a reference model; default: the adapter disabled (None and no adapter: rewards are log π)
+    batch_size:int=8,     # pairs per forward pass
+)->dict:                  # {"n", "accuracy", "margin", "logp_accuracy", "rewards": [(chosen, rejected), ...]}
+    "Held-out preference accuracy and mean reward margin of DPO's implicit reward, and the policy's own ranking."
+    import contextlib
+    from .data import _preferences
+    rows = [p.to_trl() for p in _preferences(pairs)]
+    if not rows: raise DataError("preference_scores: no pairs")
+    side = lambda k: [{"prompt": r["prompt"], "answer": r[k], "tools": r.get("tools")} for r in rows]
+    was = model.training; model.eval()
+    try:
+        pol = [_answer_logps(model, tokenizer, side(k), batch_size) for k in ("chosen", "rejected")]
+        if reference is not None: ref = [_answer_logps(reference, tokenizer, side(k), batch_size) for k in ("chosen", "rejected")]
+        elif hasattr(model, "disable_adapter"):
+            with model.disable_adapter(): ref = [_answer_logps(model, tokenizer, side(k), batch_size) for k in ("chosen", "rejected")]
+        else: ref = [[0.0] * len(rows)] * 2
+    finally: model.train(was)
+    rw = [(beta * (pc - rc), beta * (pr - rr)) for pc, pr, rc, rr in zip(*pol, *ref)]
+    return {"n": len(rows), "accuracy": sum(c > r for c, r in rw) / len(rw), "margin": sum(c - r for c, r in rw) / len(rw),
+            "logp_accuracy": sum(c > r for c, r in zip(*pol)) / len(rows), "rewards": rw}
+
 # %% ../nbs/06_evaluate.ipynb #4b6b6f6c
 def _plt():
     import matplotlib
@@ -670,13 +720,53 @@ def plot_loss_curves(
     ax.set_xlabel("step"); ax.set_ylabel("loss"); ax.set_title("Training loss"); ax.legend()
     return _finish(fig, path)
 
+# %% ../nbs/06_evaluate.ipynb #3bda987f
+def plot_preference(
+    pref:dict,                  # {"before": preference_scores(...), "after": preference_scores(...)} (either may be missing)
+    path:str|Path|None=None,    # save a PNG here
+):
+    "Held-out preference accuracy before and after DPO (the policy's ranking and the implicit reward's), and the per-pair reward margins after."
+    plt = _plt()
+    stages = [k for k in ("before", "after") if pref.get(k)]
+    rw = (pref.get("after") or {}).get("rewards")
+    fig, axes = plt.subplots(1, 2 if rw else 1, figsize=(9 if rw else 5, 3.5), squeeze=False)
+    ax = axes[0][0]
+    kinds = [("logp_accuracy", "policy ranks chosen first"), ("accuracy", "implicit reward ranks chosen first")]
+    for i, (k, label) in enumerate(kinds):
+        xs = [j + (i - 0.5) * 0.38 for j in range(len(stages))]
+        ax.bar(xs, [pref[s].get(k, 0) for s in stages], 0.36, label=label)
+    ax.set_xticks(range(len(stages)), stages); ax.set_ylim(0, 1.05); ax.set_ylabel("held-out accuracy"); ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Preference accuracy")
+    if rw:
+        ax = axes[0][1]
+        ax.hist([c - r for c, r in rw], bins=20, color="tab:green"); ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("reward margin (chosen - rejected)"); ax.set_ylabel("pairs"); ax.set_title("Reward margins after DPO")
+    fig.tight_layout()
+    return _finish(fig, path)
+
 # %% ../nbs/06_evaluate.ipynb #2f0dc445
 def _fmt(x, pct=False)->str:
     if x is None or (isinstance(x, float) and math.isnan(x)): return "–"
     return f"{x:+.3f}" if pct else f"{x:.3f}"
 
-def report_markdown(summary:dict, judge:dict|None=None, images:dict[str, str]|None=None, title:str="Evaluation report")->str:
-    "The report as markdown: verdict line, per-metric table, judge table, images."
+def _preference_lines(pref:dict)->list[str]:
+    "The report's preference section: held-out pairs, accuracies and mean reward margin before and after."
+    stages = [k for k in ("before", "after") if pref.get(k)]
+    n = pref[stages[-1]]["n"] if stages else 0
+    names = {"before": pref.get("before_model") or "before", "after": pref.get("after_model") or "after"}
+    lines = ["", "## Preference accuracy (held-out pairs)", "",
+             f"{n} held-out preference pairs. The policy's ranking: log π(chosen) > log π(rejected). DPO's implicit reward: "
+             f"β·(log π − log π_ref) with β = {pref.get('beta', '–')} and the reference {pref.get('reference') or 'the model DPO started from'} "
+             "(zero for every answer before DPO).", "",
+             "| | " + " | ".join(names[s] for s in stages) + " |", "|---|" + "---|" * len(stages)]
+    for k, label in [("logp_accuracy", "preference accuracy (policy ranks chosen first)"), ("accuracy", "reward accuracy (implicit reward ranks chosen first)"),
+                     ("margin", "mean reward margin")]:
+        lines.append(f"| {label} | " + " | ".join(_fmt(pref[s].get(k)) for s in stages) + " |")
+    return lines
+
+def report_markdown(summary:dict, judge:dict|None=None, images:dict[str, str]|None=None, title:str="Evaluation report",
+                    preference:dict|None=None)->str:
+    "The report as markdown: verdict line, per-metric table, judge table, preference section, images."
     o = summary["overall"]
     sig = o["ci95"][0] > 0 or o["ci95"][1] < 0
     lines = [f"# {title}", "",
@@ -697,6 +787,7 @@ def report_markdown(summary:dict, judge:dict|None=None, images:dict[str, str]|No
                   "| outcome | count | rate | 95% CI |", "|---|---|---|---|"]
         for k, label in [("B_wins", f"{judge['models']['B']} wins"), ("A_wins", f"{judge['models']['A']} wins"), ("ties", "ties")]:
             r = judge[k]; lines.append(f"| {label} | {r['count']} | {_fmt(r['rate'])} | [{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}] |")
+    if preference: lines += _preference_lines(preference)
     for cap, rel in (images or {}).items(): lines += ["", f"![{cap}]({rel})"]
     return "\n".join(lines) + "\n"
 
@@ -709,11 +800,12 @@ def write_report(
     loss_history:list[dict]|dict|None=None,# training log(s) for the loss plot
     title:str="Evaluation report",         # report heading
     html:bool=False,                       # also write report.html
+    preference:dict|None=None,             # DPO runs: {"before": preference_scores(...), "after": ..., "beta", "before_model", "after_model"}
 )->dict[str, Path]:                        # name -> path of every file written
     "Write metrics.json, results.jsonl, PNG plots and report.md (and .html) into `out_dir`, atomically."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     files, images = {}, {}
-    files["metrics"] = atomic_write_json(out/"metrics.json", {"summary": summary, "judge": judge})
+    files["metrics"] = atomic_write_json(out/"metrics.json", {"summary": summary, "judge": judge, **({"preference": preference} if preference else {})})
     def img(key, cap, fn, *a):
         files[key] = out/f"{key}.png"; fn(*a, path=files[key]); images[cap] = files[key].name
     if summary["n_pairs"]: img("bars", "Mean scores with 95% CIs", plot_metric_bars, summary)
@@ -723,7 +815,8 @@ def write_report(
             img("distributions", "Score distributions", plot_score_distributions, results)
             img("scatter", "Per-example scores", plot_scatter, results)
     if loss_history: img("loss", "Training loss", plot_loss_curves, loss_history)
-    md = report_markdown(summary, judge, images, title)
+    if preference: img("preference", "Held-out preference accuracy and reward margins", plot_preference, preference)
+    md = report_markdown(summary, judge, images, title, preference)
     files["report"] = atomic_write(out/"report.md", md)
     if html:
         import markdown

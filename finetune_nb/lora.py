@@ -20,10 +20,10 @@ from .infer import generate_chat, stream_chat, template_inputs
 log = get_logger("finetune_nb.lora")
 
 # %% auto #0
-__all__ = ['log', 'METHODS', 'PRECISIONS', 'COMPUTE_DTYPES', 'REFERENCE_LR', 'SCHEDULERS', 'OPENAI_HYPERPARAMETERS',
-           'LOCAL_HYPERPARAMETERS', 'synonyms', 'LoRAConfig', 'TrainingConfig', 'HyperparameterError',
-           'check_hyperparameters', 'has_generation_markers', 'tokenize_conversation', 'tokenize_dataset',
-           'ChatCollator', 'TrainResult', 'LocalFineTuner']
+__all__ = ['log', 'METHODS', 'OBJECTIVES', 'PRECISIONS', 'COMPUTE_DTYPES', 'REFERENCE_LR', 'SCHEDULERS', 'OPENAI_HYPERPARAMETERS',
+           'DPO_HYPERPARAMETERS', 'LOCAL_HYPERPARAMETERS', 'synonyms', 'LoRAConfig', 'TrainingConfig',
+           'HyperparameterError', 'check_hyperparameters', 'has_generation_markers', 'tokenize_conversation',
+           'tokenize_dataset', 'ChatCollator', 'TrainResult', 'LocalFineTuner']
 
 # %% ../nbs/05_lora.ipynb #3a5dddb8
 def synonyms(**names):
@@ -69,6 +69,7 @@ class LoRAConfig:
 
 # %% ../nbs/05_lora.ipynb #5c9b75f1
 METHODS = ("lora", "qlora", "full")
+OBJECTIVES = ("sft", "dpo")   # what is learned: supervised chat data, or preference pairs (DPO)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -88,7 +89,7 @@ def _guide_half(name:str):
 @dataclass
 class TrainingConfig:
     "How to train: method, schedule, batch shape, precision, checkpoints."
-    method:str="lora"             # "lora", "qlora" (4-bit NF4 base) or "full" (all parameters)
+    method:str="lora"             # "lora", "qlora" (4-bit NF4 base) or "full" (all parameters); "dpo"/"sft" name the objective (LoRA adapter)
     epochs:float=3                # passes over the training data
     max_steps:int|None=None       # stop after this many optimizer steps (overrides `epochs`)
     batch_size:int=4              # examples per device per micro-batch
@@ -115,10 +116,17 @@ class TrainingConfig:
     eval_batch_size:int|None=None # default: `batch_size`
     progress:bool=True            # show a tqdm progress bar
     output_dir:str|None=None      # where the run is written (default: a new folder under the data dir's runs/)
+    objective:str="sft"           # "sft" (chat data, assistant-only loss) or "dpo" (preference pairs, TRL's DPOTrainer)
+    beta:float=0.1                # DPO: how strongly the policy is held to the reference (higher: closer)
 
     def __post_init__(self):
+        if self.method in OBJECTIVES:   # TrainingConfig(method="dpo"): the objective; the adapter is LoRA (QLoRA with load_in_4bit)
+            if self.objective not in ("sft", self.method): raise ConfigError(f"TrainingConfig(method={self.method!r}, objective={self.objective!r}) disagree")
+            self.objective, self.method = self.method, "qlora" if self.load_in_4bit else "lora"
+        if self.objective not in OBJECTIVES: raise ConfigError(f"TrainingConfig.objective={self.objective!r}", hint=f"use one of {OBJECTIVES}")
+        if not self.beta > 0: raise ConfigError(f"TrainingConfig.beta={self.beta}", hint="DPO's beta is a positive number, e.g. 0.1")
         if self.load_in_4bit and self.method == "lora": self.method = "qlora"
-        if self.method not in METHODS: raise ConfigError(f"TrainingConfig.method={self.method!r}", hint=f"use one of {METHODS}")
+        if self.method not in METHODS: raise ConfigError(f"TrainingConfig.method={self.method!r}", hint=f"use one of {METHODS + OBJECTIVES}")
         if self.method == "full" and self.load_in_4bit:
             raise ConfigError("method='full' cannot train 4-bit weights", hint="use method='qlora' for a 4-bit base, or load_in_4bit=False")
         if self.method == "qlora": self.load_in_4bit = True
@@ -172,6 +180,7 @@ class HyperparameterError(ConfigError):
 REFERENCE_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 OPENAI_HYPERPARAMETERS = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 0, 100)}
+DPO_HYPERPARAMETERS = {"beta": (float, 0, 2)}   # OpenAI's DPO jobs add beta, in (0, 2]
 LOCAL_HYPERPARAMETERS = {   # name -> (type, lowest, highest, (config, field))
     "method": (METHODS, None, None, ("training", "method")), "max_steps": (int, 1, 1_000_000, ("training", "max_steps")),
     "logging_steps": (int, 1, 1_000_000, ("training", "logging_steps")), "save_steps": (int, 1, 1_000_000, ("training", "save_steps")),
@@ -188,19 +197,20 @@ def _check_one(name:str, v, kind, lo, hi):
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if ok and kind is int: ok = float(v).is_integer()
     if not ok:
-        what = ("an integer" if kind is int else "a number") + (' or "auto"' if name in OPENAI_HYPERPARAMETERS else "")
+        what = ("an integer" if kind is int else "a number") + (' or "auto"' if name in OPENAI_HYPERPARAMETERS or name in DPO_HYPERPARAMETERS else "")
         raise HyperparameterError(p, f"must be {what}, got {str(v)[:40]!r}")
-    low_ok = v > lo if name == "learning_rate_multiplier" else v >= lo
-    if not (low_ok and v <= hi): raise HyperparameterError(p, f"{v} is out of range", hint=f"use a value in {'(' if name == 'learning_rate_multiplier' else '['}{lo}, {hi}]")
+    opn = name in ("learning_rate_multiplier", "beta")   # ranges open at the bottom
+    if not ((v > lo if opn else v >= lo) and v <= hi): raise HyperparameterError(p, f"{v} is out of range", hint=f"use a value in {'(' if opn else '['}{lo}, {hi}]")
     return kind(v)
 
 def check_hyperparameters(
     hp:dict|None, # as a client sends them: OpenAI's three ("auto" or a number) and local extras
+    method:str="supervised", # the job's method type: "dpo" adds OpenAI's `beta`
 )->dict:          # the same, checked, with numbers of the right type; OpenAI's three default to "auto"
     "Check every hyperparameter's name, type and range (see the tables above); raise `HyperparameterError` naming the first bad one."
     if hp is not None and not isinstance(hp, dict): raise HyperparameterError("hyperparameters", "must be an object")
     hp, out = dict(hp or {}), {}
-    for k, (kind, lo, hi) in OPENAI_HYPERPARAMETERS.items():
+    for k, (kind, lo, hi) in (OPENAI_HYPERPARAMETERS | (DPO_HYPERPARAMETERS if method == "dpo" else {})).items():
         v = hp.pop(k, "auto")
         out[k] = "auto" if v in ("auto", None) else _check_one(k, v, kind, lo, hi)
     for k, v in hp.items():
@@ -225,12 +235,16 @@ def from_openai(cls:TrainingConfig,
     hyperparameters:dict|None,       # OpenAI's three ("auto" or numbers) and local extras (see the tables above)
     n_examples:int|None=None,        # training examples (for "auto" epochs)
     base:TrainingConfig|None=None,   # defaults for everything not given (e.g. a model's recipe); default `TrainingConfig(method=...)`
+    job_method:str="supervised",     # the job's `method.type`: "supervised" (SFT) or "dpo" (its `beta` → `beta`, objective "dpo")
     **overrides,                     # TrainingConfig fields set last (seed, progress, output_dir, ...)
 )->TrainingConfig:
     "The `TrainingConfig` for an OpenAI-style job: the one hyperparameter mapping."
-    hp = check_hyperparameters(hyperparameters)
+    if job_method not in ("supervised", "dpo"): raise HyperparameterError("method.type", f"{str(job_method)[:40]!r} is not supported", hint='use "supervised" or "dpo"')
+    hp = check_hyperparameters(hyperparameters, job_method)
     method = hp.get("method") or (base.method if base is not None else "lora")
     kw = {**(asdict(base) if base is not None else {}), "method": method, "load_in_4bit": method == "qlora"}
+    kw["objective"] = "dpo" if job_method == "dpo" else "sft"
+    if job_method == "dpo" and hp["beta"] != "auto": kw["beta"] = hp["beta"]
     if hp["n_epochs"] != "auto": kw["epochs"] = hp["n_epochs"]
     elif n_examples: kw["epochs"] = default_epochs(n_examples)
     if hp["batch_size"] != "auto":
@@ -255,6 +269,7 @@ def to_openai(self:TrainingConfig,
     out = {"n_epochs": int(self.epochs) if float(self.epochs).is_integer() else self.epochs, "batch_size": self.batch_size * self.grad_accum,
            "learning_rate_multiplier": self.lr / _reference_lr(base, self.method)}
     if self.method != (base.method if base is not None else "lora"): out["method"] = self.method
+    if self.objective == "dpo": out["beta"] = self.beta   # a DPO job's hyperparameter (pass job_method="dpo" back)
     if self.grad_accum != _split_batch(out["batch_size"])[1]: out["gradient_accumulation_steps"] = self.grad_accum
     for k, (_, _, _, (where, f)) in LOCAL_HYPERPARAMETERS.items():
         if where == "training" and k not in ("method", "gradient_accumulation_steps") and getattr(self, f) != getattr(ref, f) and getattr(self, f) is not None:
@@ -265,9 +280,10 @@ def to_openai(self:TrainingConfig,
 def from_openai(cls:LoRAConfig,
     hyperparameters:dict|None, # the job's hyperparameters (only lora_r, lora_alpha, lora_dropout are read here)
     base:LoRAConfig|None=None, # defaults for the rest
+    method:str="supervised",   # the job's method type (a dpo job's hyperparameters include beta)
 )->LoRAConfig:
     "The `LoRAConfig` for an OpenAI-style job's local extras."
-    hp, kw = check_hyperparameters(hyperparameters), asdict(base or cls())
+    hp, kw = check_hyperparameters(hyperparameters, method), asdict(base or cls())
     for k, v in hp.items():
         spot = LOCAL_HYPERPARAMETERS.get(k, (None,)*4)[3]
         if spot and spot[0] == "lora": kw[spot[1]] = v
@@ -429,6 +445,7 @@ class TrainResult:
     stopped:bool=False           # ended early by `stop_event`
     checkpoint:str|None=None     # newest checkpoint directory (resume from it)
     data_report:dict=field(default_factory=dict) # what tokenize_dataset kept, cut and skipped
+    objective:str="sft"          # "sft" or "dpo" (then loss_history also has rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies)
     def to_dict(self)->dict: return asdict(self)
 
 def _any_rank(flag:bool, device)->bool:
@@ -450,6 +467,7 @@ def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Ev
             if "loss" in logs: rec.update(loss=float(logs["loss"]), learning_rate=float(logs.get("learning_rate", 0.0)))
             elif "eval_loss" in logs: rec["eval_loss"] = float(logs["eval_loss"])
             else: return
+            rec.update({k: float(v) for k, v in logs.items() if k.startswith(("rewards/", "logps/", "eval_rewards/", "eval_logps/"))})   # DPO
             history.append(rec)
             if not state.is_world_process_zero: return
             for cb in callbacks or []:
@@ -537,10 +555,11 @@ class LocalFineTuner:
         self.model, self.tokenizer = model, tok
         return self
 
-    def _training_args(self, has_eval:bool):
+    def _training_args(self, has_eval:bool, cls=None, **extra):
+        "`TrainingArguments` (or `cls`, e.g. TRL's `DPOConfig`, with its `extra` fields) from the `TrainingConfig`."
         from transformers import TrainingArguments
         tc, prec = self.training_config, self.training_config.resolve_precision()
-        return TrainingArguments(
+        return (cls or TrainingArguments)(
             output_dir=str(self.output_dir), num_train_epochs=tc.epochs, max_steps=tc.max_steps or -1,
             per_device_train_batch_size=tc.batch_size, per_device_eval_batch_size=tc.eval_batch_size or tc.batch_size,
             gradient_accumulation_steps=tc.grad_accum, learning_rate=tc.lr, lr_scheduler_type=tc.lr_scheduler,
@@ -553,7 +572,7 @@ class LocalFineTuner:
             activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
             train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
             include_num_input_tokens_seen="non_padding", remove_unused_columns=False, report_to="none",
-            disable_tqdm=not tc.progress, ddp_find_unused_parameters=False, dataloader_num_workers=0)
+            disable_tqdm=not tc.progress, ddp_find_unused_parameters=False, dataloader_num_workers=0, **extra)
 
     def train(self,
         train_data,                     # anything finetune_nb.data.to_records accepts
@@ -562,7 +581,8 @@ class LocalFineTuner:
         callbacks:list[Callable]|None=None, # plain callables, each called with a dict per logging step
         stop_event:threading.Event|None=None, # set it to stop after the current step (a checkpoint is saved)
     )->TrainResult:
-        "Train on chat data: assistant-only loss, EOS learned, checkpoints; saves the adapter (or model) under output_dir."
+        "Train on chat data (assistant-only loss, EOS learned) or, with objective 'dpo', on preference pairs; checkpoints; saves the adapter (or model) under output_dir."
+        if self.training_config.objective == "dpo": return self._train_dpo(train_data, eval_data, resume_from_checkpoint, callbacks, stop_event)
         import torch
         from transformers import PrinterCallback, Trainer
         from transformers.trainer_utils import get_last_checkpoint
@@ -607,6 +627,89 @@ class LocalFineTuner:
         if trainer.is_world_process_zero(): atomic_write_json(self.output_dir/"train_result.json", res.to_dict())
         self.trainer = trainer
         return res
+
+# %% ../nbs/05_lora.ipynb #c81cca74
+def _pair_dataset(data, name:str):
+    "A `datasets.Dataset` of TRL conversational pairs (tools as JSON text) from anything preference-like; a `DataError` names a pair that can't train."
+    import datasets, json
+    from finetune_nb.data import _preferences
+    ps, rows = _preferences(data), []
+    if not ps: raise DataError(f"{name}: no preference pairs", hint="pass a preference file (any *_dpo format) or Preference objects")
+    for i, p in enumerate(ps):
+        if not p.prompt.messages: raise DataError(f"{name} pair {i}: no prompt messages")
+        if p.chosen == p.rejected: raise DataError(f"{name} pair {i}: chosen and rejected are the same answer", hint="run `finetune-nb validate` on the file to see every problem")
+        try: d = p.to_trl()
+        except DataError as e: raise DataError(f"{name} pair {i}: {e.message}", hint=e.hint) from None
+        d["tools"] = json.dumps(d["tools"]) if d.get("tools") else None
+        rows.append(d)
+    return datasets.Dataset.from_list(rows)
+
+def _resume_point(output_dir:Path, resume)->str|None:
+    "The checkpoint to resume from: a folder, or the newest in `output_dir` for True (None when there is none)."
+    from transformers.trainer_utils import get_last_checkpoint
+    if resume is True:
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None: log.info("no checkpoint in %s: starting from scratch", output_dir)
+        return last
+    if resume is not None and not Path(resume).is_dir():
+        raise TrainingError(f"checkpoint {resume} does not exist", hint=f"pass a checkpoint-N folder under {output_dir} or True")
+    return str(resume) if resume else None
+
+@patch
+def _train_dpo(self:LocalFineTuner, train_data, eval_data=None, resume_from_checkpoint=None, callbacks=None, stop_event=None)->TrainResult:
+    "DPO on preference pairs with TRL's `DPOTrainer`; one copy of the base (see above)."
+    import torch
+    from transformers import PrinterCallback, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOConfig, DPOTrainer
+    tc = self.training_config
+    train_ds = _pair_dataset(train_data, "train")
+    eval_ds = _pair_dataset(eval_data, "eval") if eval_data is not None else None
+    peft_config = None
+    with MODEL_LOCK:   # TRL initialises the adapter with torch.nn.init
+        if self.model is None:   # fresh: TRL wraps the base with the adapter, and its reference is the adapter disabled
+            set_seed(tc.seed)
+            self.model, self.tokenizer = self._load_base()
+            if tc.load_in_4bit:
+                from peft import prepare_model_for_kbit_training
+                self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=tc.gradient_checkpointing,
+                                                             gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.method != "full": peft_config = self.lora_config.to_peft()
+        resume = _resume_point(self.output_dir, resume_from_checkpoint)
+        history = []
+        bridge = _bridge(history, callbacks, stop_event)
+        args = self._training_args(eval_ds is not None, DPOConfig, beta=tc.beta, max_length=tc.max_length,
+                                   precompute_ref_log_probs=self.method == "full", dataset_num_proc=None)
+        trainer = DPOTrainer(model=self.model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=self.tokenizer, callbacks=[bridge], peft_config=peft_config)
+    if not tc.progress: trainer.remove_callback(PrinterCallback)
+    _clean_exit_when_distributed()
+    self.model = trainer.model
+    cfg = self.model.config
+    use_cache, cfg.use_cache = getattr(cfg, "use_cache", None), False
+    t0 = time.perf_counter()
+    try:
+        out = trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - t0
+        ev = trainer.evaluate() if eval_ds is not None and not bridge.stopped else {}
+    except torch.OutOfMemoryError as e:
+        raise TrainingError(f"out of memory while training {self.base_model!r} with DPO: {e}",
+                            hint="lower batch_size (raise grad_accum), max_length, or use method='qlora' / gradient_checkpointing=True") from e
+    finally: cfg.use_cache = use_cache
+    self.model.eval()
+    if hasattr(self.model, "peft_config") and "ref" in self.model.peft_config: self.model.delete_adapter("ref")   # TRL's frozen reference copy
+    adapter_dir = self.output_dir/("model" if self.method == "full" else "adapter")
+    if trainer.is_world_process_zero(): self.save_adapter(adapter_dir)
+    losses = [h["loss"] for h in history if "loss" in h]
+    rep = {"pairs": len(train_ds), "kept": len(trainer.train_dataset), "prompt_too_long": len(train_ds) - len(trainer.train_dataset)}
+    if rep["prompt_too_long"]: log.warning("train: %d pair(s) whose prompt fills max_length=%d were dropped by DPOTrainer", rep["prompt_too_long"], tc.max_length)
+    res = TrainResult(output_dir=str(self.output_dir), adapter_dir=str(adapter_dir), method=self.method, loss_history=history,
+                      final_loss=losses[-1] if losses else float(out.training_loss), eval_loss=float(ev["eval_loss"]) if "eval_loss" in ev else None,
+                      train_tokens=int(trainer.state.num_input_tokens_seen), steps=int(trainer.state.global_step), seconds=seconds,
+                      stopped=bridge.stopped, checkpoint=get_last_checkpoint(str(self.output_dir)), data_report=rep, objective="dpo")
+    if trainer.is_world_process_zero(): atomic_write_json(self.output_dir/"train_result.json", res.to_dict())
+    self.trainer = trainer
+    return res
 
 # %% ../nbs/05_lora.ipynb #030cd358
 def _meta(ft:LocalFineTuner)->dict:

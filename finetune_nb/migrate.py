@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from .core import (FinetuneNBError, ConfigError, DataError, RemoteError, ModelLoadError, TrainingError,
                               atomic_write, atomic_write_json, get_logger, make_client)
-from .data import validate_file, default_epochs, read_dataset, split, write_openai_jsonl, to_records
+from .data import validate_file, default_epochs, read_dataset, read_preferences, is_preference_data, split, write_openai_jsonl, write_dataset, to_records
 
 log = get_logger("finetune_nb.migrate")
 
@@ -28,18 +28,20 @@ def plan_training(
     n_train:int,                # training examples
     base_model:str,             # the local base model
     method:str|None=None,       # lora, qlora or full (default: lora; the tiny model's recipe for finetune-nb/tiny)
+    job_method:str="supervised",# the source job's `method.type`: "supervised" or "dpo" (its beta carries over; objective "dpo")
     **overrides,                # TrainingConfig fields set last (seed, max_steps, ...)
 ):                              # (TrainingConfig, base TrainingConfig or None)
     "The local `TrainingConfig` for a source job: the one mapping, on the tiny model's recipe when that is the target."
     from finetune_nb.lora import TrainingConfig
     from finetune_nb.tiny import TINY_MODEL
-    hp = {k: v for k, v in (hyperparameters or {}).items() if k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    keep = ("n_epochs", "batch_size", "learning_rate_multiplier") + (("beta",) if job_method == "dpo" else ())
+    hp = {k: v for k, v in (hyperparameters or {}).items() if k in keep}
     base = None
     if base_model == TINY_MODEL:
         from finetune_nb.demo import demo_recipe
         base = TrainingConfig(**demo_recipe()["training"])
     if method: hp["method"] = method
-    return TrainingConfig.from_openai(hp, n_examples=n_train, base=base, **overrides), base
+    return TrainingConfig.from_openai(hp, n_examples=n_train, base=base, job_method=job_method, **overrides), base
 
 # %% ../nbs/09_migrate.ipynb #2535aaf4
 SETTING_SOURCES = ("source job", "documented mapping", "base model recipe", "override", "default")
@@ -61,6 +63,8 @@ def training_settings(
     for f, v in asdict(tc).items():
         if f in ("progress", "output_dir"): continue
         if f == "seed": src, why = seed_from, ""
+        elif f == "objective": src, why = "source job", f"method.type={'dpo' if v == 'dpo' else 'supervised'}"
+        elif f == "beta" and tc.objective == "dpo" and given("beta"): src, why = "source job", f"beta={hp['beta']}"
         elif f in ov: src, why = "override", "asked for by the caller"
         elif f == "epochs" and given("n_epochs"): src, why = "source job", f"n_epochs={hp['n_epochs']}"
         elif f == "epochs" and n_train:
@@ -84,9 +88,9 @@ def source_differences(
 )->list[str]:                 # one sentence per difference
     "Where the planned run differs from the source job, each with the reason."
     hp, oa, out = dict(hyperparameters or {}), tc.to_openai(base), []
-    for k in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+    for k in ("n_epochs", "batch_size", "learning_rate_multiplier") + (("beta",) if "beta" in oa else ()):
         if hp.get(k) not in (None, "auto") and float(hp[k]) != float(oa[k]):
-            f = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "lr"}[k]
+            f = {"n_epochs": "epochs", "batch_size": "batch_size", "learning_rate_multiplier": "lr", "beta": "beta"}[k]
             out.append(f"{k}: the source job used {hp[k]}, this run {oa[k]:g} ({settings[f]['from']})")
     if tc.max_steps is not None:
         out.append(f"max_steps={tc.max_steps}: training stops after {tc.max_steps} optimizer steps; the source trained "
@@ -262,10 +266,12 @@ def _step_source(self:Migration)->dict:
             atomic_write(src/"metrics.json", json.dumps(MetricsTable.from_csv(_decode_result(raw)).rows)); metrics = str(src/"metrics.json")
         except FinetuneNBError as e: self.say(f"source metrics unavailable: {e.message}")
     raw_job = job.raw.model_dump() if job.raw is not None else asdict(job)
+    job_method = (job.method or {}).get("type") or "supervised"
+    hp = {**job.hyperparameters, **{k: v for k, v in ((job.method or {}).get(job_method) or {}).get("hyperparameters", {}).items() if v is not None}}
     atomic_write_json(src/"job.json", raw_job)
     self.say(f"source job {job.job_id} (from the {where}): {job.model} -> {job.fine_tuned_model}, files {', '.join(files)}")
     return self.state.record("source", job_id=job.job_id, model=job.model, fine_tuned_model=job.fine_tuned_model,
-                             hyperparameters=job.hyperparameters, seed=getattr(job.raw, "seed", None), files=files,
+                             hyperparameters=hp, job_method=job_method, seed=getattr(job.raw, "seed", None), files=files,
                              suffix=job_suffix(raw_job), metrics=metrics, trained_tokens=job.trained_tokens, read_from=where)
 
 # %% ../nbs/09_migrate.ipynb #10553314
@@ -284,19 +290,28 @@ def _step_plan(self:Migration)->dict:
     train_path = Path(src["files"]["train"]["path"])
     seed, seed_from = ((self.seed, "override") if self.seed is not None else (src["seed"], "source job") if src.get("seed") is not None
                        else (42, "default"))
+    job_method = src.get("job_method") or "supervised"
+    dpo = job_method == "dpo"   # a DPO job's files are preference pairs: split, counted and trained as pairs
+    read = read_preferences if dpo else read_dataset
+    write = (lambda ds, p: write_dataset(ds, p, format="openai_dpo")) if dpo else write_openai_jsonl
+    for kind, f in src["files"].items():
+        if is_preference_data(f["path"]) != dpo:
+            raise MigrationError(f"the source {kind} file holds {'chat' if dpo else 'preference'} data, but the job's method is {job_method!r}",
+                                 hint=f"check {f['path']}: a DPO job trains on preference pairs, a supervised one on chat examples")
     if "validation" in src["files"]: eval_path = Path(src["files"]["validation"]["path"])
     else:
-        tr, ho = split(read_dataset(train_path), val_frac=0.1, seed=seed)
-        train_path = write_openai_jsonl(tr, self.folder/"train_split.jsonl"); eval_path = write_openai_jsonl(ho, self.folder/"heldout.jsonl")
+        tr, ho = split(read(train_path), val_frac=0.1, seed=seed)
+        train_path = write(tr, self.folder/"train_split.jsonl"); eval_path = write(ho, self.folder/"heldout.jsonl")
         self.say(f"no validation file: holding out {len(ho)} of {len(tr)+len(ho)} examples (seed {seed}) for the evaluation")
-    n_train = len(read_dataset(train_path))
-    tc, base = plan_training(src.get("hyperparameters"), n_train, self.base_model, self.method, **{"seed": seed, **self.overrides})
+    n_train = len(read(train_path))
+    eval_chat = str(write_openai_jsonl([p.conversations()[0] for p in read_preferences(eval_path)], self.folder/"heldout_chat.jsonl")) if dpo else str(eval_path)
+    tc, base = plan_training(src.get("hyperparameters"), n_train, self.base_model, self.method, job_method, **{"seed": seed, **self.overrides})
     hp = {"epochs": tc.epochs, "batch_size": tc.batch_size, "grad_accum": tc.grad_accum, "lr": tc.lr,
-          "openai": {k: v for k, v in tc.to_openai(base).items() if k in ("n_epochs", "batch_size", "learning_rate_multiplier")}}
+          "openai": {k: v for k, v in tc.to_openai(base).items() if k in ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}}
     settings = training_settings(tc, src.get("hyperparameters"), base, self.overrides, n_train, seed_from)
     diffs = source_differences(tc, settings, src.get("hyperparameters"), base, src.get("seed"))
-    self.say(f"plan: {tc.method} on {self.base_model}, {tc.epochs} epochs, batch {tc.batch_size}x{tc.grad_accum}, lr {tc.lr:.2e}")
-    return self.state.record("plan", method=tc.method, seed=seed, train_path=str(train_path), eval_path=str(eval_path),
+    self.say(f"plan: {tc.method}{f' DPO (beta {tc.beta})' if dpo else ''} on {self.base_model}, {tc.epochs} epochs, batch {tc.batch_size}x{tc.grad_accum}, lr {tc.lr:.2e}")
+    return self.state.record("plan", method=tc.method, job_method=job_method, seed=seed, train_path=str(train_path), eval_path=str(eval_path), eval_chat_path=eval_chat,
                              n_train=n_train, hyperparameters=hp, training=asdict(tc), validation=reports,
                              settings=settings, differences=diffs)
 
@@ -363,9 +378,9 @@ def _train_remote(self:Migration)->dict:
         try:
             for kind, path in (("train_file", plan["train_path"]), ("validation_file", plan["eval_path"])):
                 if kind not in part:
-                    part[kind] = tgt.upload_file(path, filename=kind.replace("_file", "") + ".jsonl").id
+                    part[kind] = tgt.upload_file(path, filename=kind.replace("_file", "") + ".jsonl", method=plan.get("job_method") or "supervised").id
                     self.state.update("train", **{kind: part[kind]})
-            job, dropped = self._create_target_job(tgt, hp, training_file=part["train_file"], model=self.base_model,
+            job, dropped = self._create_target_job(tgt, hp, training_file=part["train_file"], model=self.base_model, method=plan.get("job_method") or "supervised",
                                 validation_file=part["validation_file"], suffix=src.get("suffix") or "migrated", seed=plan["seed"],
                                 metadata={"migrated_from": src["job_id"], "method": plan["method"]})
         except RemoteError as e:
@@ -411,7 +426,7 @@ def _step_evaluate(self:Migration)->dict:
     src, plan = self.state.get("source"), self.state.get("plan")
     tgt_client, tgt_model = _target_client(self)
     ev = FineTuneEvaluator(self.source.client, tgt_client, src["fine_tuned_model"], tgt_model, max_tokens=self.max_tokens, concurrency=8)
-    results = ev.evaluate_dataset(plan["eval_path"], limit=self.eval_limit)
+    results = ev.evaluate_dataset(plan.get("eval_chat_path") or plan["eval_path"], limit=self.eval_limit)   # DPO: the prompts, with the preferred answers as references
     for side, name in (("base", "source"), ("fine_tuned", "local")):
         errs = [getattr(c, side).error for c in results if getattr(c, side).error]
         if errs and len(errs) == len(results):
@@ -475,6 +490,7 @@ def _step_report(self:Migration)->Path:
         f"| epochs | {hp['openai']['n_epochs']} | {hp['epochs']} |",
         f"| batch size | {hp['openai']['batch_size']} | {hp['batch_size']} × {hp['grad_accum']} accumulation |",
         f"| learning rate | multiplier {hp['openai']['learning_rate_multiplier']} | {hp['lr']:.2e} |",
+        *([f"| method | DPO, beta {src['hyperparameters'].get('beta', 'auto')} | DPO (TRL), beta {hp['openai'].get('beta')} |"] if plan.get("job_method") == "dpo" else []),
         f"| seed | {src.get('seed')} | {plan['seed']} |", ""] + _settings_lines(plan, tr) + ["",
         "## Per metric", "", "| metric | source | local | 95% CI of difference |", "|---|---|---|---|"]
     for k, m in ev["metrics"].items():
@@ -685,12 +701,12 @@ def skip_reason(
     since:int|None=None,   # keep only jobs created at or after this time (unix seconds)
     model:str|None=None,   # keep only jobs whose base model starts with this
 )->str|None:               # why the job is not migrated, or None
-    "Why a job is skipped: a status with no model, a method not supported yet, or a filter."
+    "Why a job is skipped: a status with no model, a method not supported yet (reinforcement), or a filter."
     st, method = job.get("status"), ((job.get("method") or {}).get("type") or "supervised")
     if st != "succeeded":
         err = (job.get("error") or {}).get("message")
         return f"{st}: only a succeeded job has a model to migrate" + (f" ({err})" if err else "")
-    if method != "supervised": return f"method {method!r} is not supported yet (supervised only)"
+    if method not in ("supervised", "dpo"): return f"method {method!r} is not supported yet (supervised and dpo only)"
     if status and st != status: return f"status {st!r} does not match the filter {status!r}"
     if since is not None and (job.get("created_at") or 0) < since: return "created before the --since date"
     if model and not str(job.get("model", "")).startswith(model): return f"base model {job.get('model')!r} does not start with {model!r}"

@@ -41,6 +41,7 @@ class FineTuneJob:
     result_files:list[str]=field(default_factory=list) # file ids; the first holds the metrics CSV
     training_file:str|None=None          # file id
     validation_file:str|None=None        # file id
+    method:dict|None=None                # OpenAI's `method`: {"type": "supervised" | "dpo", <type>: {"hyperparameters": ...}}
     raw:Any=field(default=None, repr=False, compare=False)  # the SDK's `FineTuningJob`
 
     @classmethod
@@ -49,9 +50,10 @@ class FineTuneJob:
         err = j.error.model_dump() if getattr(j, "error", None) is not None else None
         if err is not None and not err.get("message") and not err.get("code"): err = None  # OpenAI may send an empty error object
         hp = j.hyperparameters.model_dump(exclude_none=True) if j.hyperparameters is not None else {}
+        m = j.method.model_dump(exclude_none=True) if getattr(j, "method", None) is not None else None
         return cls(job_id=j.id, status=j.status, model=j.model, fine_tuned_model=j.fine_tuned_model, created_at=j.created_at,
                    finished_at=j.finished_at, trained_tokens=j.trained_tokens, error=err, hyperparameters=hp,
-                   result_files=list(j.result_files or []), training_file=j.training_file, validation_file=j.validation_file, raw=j)
+                   result_files=list(j.result_files or []), training_file=j.training_file, validation_file=j.validation_file, method=m, raw=j)
 
     def __str__(self): return self.job_id   # so a job can be passed wherever a job id is expected
     @property
@@ -129,18 +131,35 @@ class OpenAIFineTuner:
 def _jsonl_bytes(records:list[dict])->bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
-def _payload(data, name:str|None)->tuple[str, bytes, Any]:
-    "(filename, JSONL bytes, validation report) for a path or any dataset-like."
+def _method_type(method)->str|None:
+    "'supervised', 'dpo', ... from a `method` string or OpenAI `method` dict (None stays None)."
+    return method.get("type") if isinstance(method, dict) else method
+
+def _check_kind(pairs:bool, method, where:str):
+    "Refuse chat data for a DPO job and preference data for a supervised one, before anything is uploaded."
+    m = _method_type(method)
+    if m == "dpo" and not pairs:
+        raise DataError(f"{where}: a DPO job needs preference data (OpenAI's input + preferred_output + non_preferred_output records), got chat data",
+                        hint="build pairs (see `data.read_preferences`), or pass method='supervised'")
+    if pairs and m not in (None, "dpo"):
+        raise DataError(f"{where}: this is preference (DPO) data; a {m} job cannot train on it", hint="pass method='dpo'")
+
+def _payload(data, name:str|None, method=None)->tuple[str, bytes, Any]:
+    "(filename, JSONL bytes, validation report) for a path or any dataset-like; `method`: the job's, to check the data's kind."
     if isinstance(data, (str, Path)):
         p = Path(data)
         report = fdata.validate_file(p)
         report.raise_for_errors()
-        raw = p.read_bytes()
         try: fmt = fdata.detect_format(p)
         except DataError: fmt = "openai"
-        body = raw if fmt == "openai" else _jsonl_bytes(fdata.read_dataset(p).to_records())
+        pairs = fmt in fdata.PREFERENCE_FORMATS
+        _check_kind(pairs, method, str(p))
+        if fmt in ("openai", "openai_dpo"): body = p.read_bytes()
+        else: body = _jsonl_bytes(fdata.export_records(p, "openai_dpo")[0] if pairs else fdata.read_dataset(p).to_records())
         return name or (p.stem + ".jsonl"), body, report
-    recs = fdata.to_records(data)
+    pairs = fdata.is_preference_data(data)
+    _check_kind(pairs, method, name or "<memory>")
+    recs = fdata.export_records(data, "openai_dpo")[0] if pairs else fdata.to_records(data)
     report = fdata.validate_records(recs, source=name or "<memory>")
     report.raise_for_errors()
     return name or "train.jsonl", _jsonl_bytes(recs), report
@@ -162,11 +181,12 @@ def upload_file(self:OpenAIFineTuner,
     max_wait:float=600.0,         # give up waiting after this many seconds
     filename:str|None=None,       # name shown in the OpenAI dashboard (default: from the path, or train.jsonl)
     filepath:str|Path|None=None,  # the guide's name for a `data` path
+    method:str|dict|None=None,    # the job it is for: "supervised" needs chat data, "dpo" preference data (None: either)
 ):                                # the SDK's `FileObject`
-    "Validate `data`, upload it as chat JSONL, and wait until OpenAI has processed it."
+    "Validate `data`, upload it as chat (or DPO) JSONL, and wait until OpenAI has processed it."
     data = _synonym("data", data, "filepath", filepath)
     if data is None: raise ConfigError("upload_file needs data (a path, or records)")
-    if validate and purpose == "fine-tune": name, body, _ = _payload(data, filename)
+    if validate and purpose == "fine-tune": name, body, _ = _payload(data, filename, method)
     elif isinstance(data, (str, Path)): name, body = filename or Path(data).name, Path(data).read_bytes()
     else: name, body = filename or "train.jsonl", _jsonl_bytes(fdata.to_records(data))
     f = self._call(self.client.files.create, file=(name, body), purpose=purpose, what=f"uploading {name}")
@@ -192,10 +212,21 @@ def wait_for_file(self:OpenAIFineTuner,
 
 # %% ../nbs/03_openai.ipynb #0606b235
 @patch
-def _file_id(self:OpenAIFineTuner, x)->str|None:
+def _file_id(self:OpenAIFineTuner, x, method=None)->str|None:
     if isinstance(getattr(x, "id", None), str) and getattr(x, "object", None) == "file": return x.id   # an SDK FileObject
     if x is None or (isinstance(x, str) and x.startswith("file-") and not Path(x).exists()): return x
-    return self.upload_file(x).id
+    return self.upload_file(x, method=method).id
+
+def _method(method, hyperparameters:dict|None, beta:float|None)->dict|None:
+    "OpenAI's `method` object from a type name (or a dict, verbatim) and hyperparameters; `beta` is DPO's."
+    if beta is not None and _method_type(method) != "dpo": raise ConfigError(f"beta={beta} is a DPO hyperparameter", hint="pass method='dpo'")
+    if isinstance(method, dict):
+        if hyperparameters or beta is not None: raise ConfigError("pass hyperparameters (and beta) or a whole method dict, not both")
+        return method
+    if method is None: return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}} if hyperparameters else None
+    if method not in ("supervised", "dpo"): raise ConfigError(f"unknown method {method!r}", hint="use 'supervised' or 'dpo' (or pass OpenAI's method dict)")
+    hp = {**(hyperparameters or {}), **({"beta": beta} if beta is not None else {})}
+    return {"type": method, method: {"hyperparameters": hp}} if hp else {"type": method}
 
 @patch
 def create_job(self:OpenAIFineTuner,
@@ -205,8 +236,9 @@ def create_job(self:OpenAIFineTuner,
     hyperparameters:dict|None=None,     # e.g. {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 1.8}
     suffix:str|None=None,               # up to 64 chars, added to the fine-tuned model's name
     seed:int|None=None,                 # makes the job reproducible
-    method:dict|None=None,              # OpenAI's `method` object (supervised / dpo / ...) verbatim
+    method:str|dict|None=None,          # "supervised" or "dpo" (preference data), or OpenAI's `method` object verbatim
     metadata:dict|None=None,            # up to 16 string key/value pairs
+    beta:float|None=None,               # DPO only: how far the policy may move from the reference (OpenAI's default: auto)
     training_file_id:str|None=None,     # the guide's name for `training_file`
     validation_file_id:str|None=None,   # the guide's name for `validation_file`
 )->FineTuneJob:
@@ -214,10 +246,10 @@ def create_job(self:OpenAIFineTuner,
     training_file = _synonym("training_file", training_file, "training_file_id", training_file_id)
     validation_file = _synonym("validation_file", validation_file, "validation_file_id", validation_file_id)
     if training_file is None: raise ConfigError("create_job needs training_file (a file id, a path or a dataset)")
-    tf, vf = self._file_id(training_file), self._file_id(validation_file)
-    kw = {}
-    if method is not None: kw["method"] = method
-    elif hyperparameters: kw["method"] = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    m = _method(method, hyperparameters, beta)
+    kind = m["type"] if m else "supervised"   # OpenAI's default: uploads must be data for this kind of job
+    tf, vf = self._file_id(training_file, kind), self._file_id(validation_file, kind)
+    kw = {} if m is None else {"method": m}
     for k, v in dict(validation_file=vf, suffix=suffix, seed=seed, metadata=metadata).items():
         if v is not None: kw[k] = v
     j = self._call(self.client.fine_tuning.jobs.create, model=model, training_file=tf, what=f"creating a job on {model}", **kw)
@@ -457,12 +489,16 @@ def fine_tune(self:OpenAIFineTuner,
     poll_interval:float=10.0,           # seconds between polls
     timeout:float|None=None,            # give up waiting after this many seconds
     progress:bool=True,                 # progress bar while waiting
-    **job_kw,                           # more `create_job` arguments (method, metadata)
+    method:str|dict|None=None,          # "supervised" (default) or "dpo" (preference data), or OpenAI's `method` object
+    beta:float|None=None,               # DPO only: its beta
+    **job_kw,                           # more `create_job` arguments (metadata)
 )->FineTuneRun:
     "Validate, upload, create a job, wait for it and read its metrics."
-    tf = self.upload_file(dataset, poll_interval=min(poll_interval, 1.0)).id
-    vf = self.upload_file(validation_data, poll_interval=min(poll_interval, 1.0), filename="valid.jsonl").id if validation_data is not None else None
-    job = self.create_job(tf, model=model, validation_file=vf, hyperparameters=hyperparameters, suffix=suffix, seed=seed, **job_kw)
+    m = _method(method, hyperparameters, beta)   # refuse a bad method before uploading anything
+    kind = m["type"] if m else "supervised"
+    tf = self.upload_file(dataset, poll_interval=min(poll_interval, 1.0), method=kind).id
+    vf = self.upload_file(validation_data, poll_interval=min(poll_interval, 1.0), filename="valid.jsonl", method=kind).id if validation_data is not None else None
+    job = self.create_job(tf, model=model, validation_file=vf, hyperparameters=hyperparameters, suffix=suffix, seed=seed, method=method, beta=beta, **job_kw)
     run = FineTuneRun(job, tf, vf)
     if not wait: return run
     run.job = self.wait_for_completion(job.job_id, poll_interval=poll_interval, timeout=timeout, progress=progress)

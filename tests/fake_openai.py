@@ -209,6 +209,24 @@ class FakeOpenAI:
         return d
 
     @staticmethod
+    def _check_dpo_jsonl(content:bytes)->tuple[int,str|None]:
+        "Like `_check_chat_jsonl`, for a DPO job's preference file (input.messages, preferred_output, non_preferred_output)."
+        tokens = 0
+        for i,line in enumerate(content.decode("utf-8", "replace").splitlines(), 1):
+            if not line.strip(): continue
+            try: rec = json.loads(line)
+            except ValueError: return tokens, f"Invalid file format. Line {i} is not valid JSON."
+            if not isinstance(rec, dict) or not isinstance((rec.get("input") or {}).get("messages"), list):
+                return tokens, f"Invalid file format. Line {i}, key \"input\": missing or has no messages."
+            for k in ("preferred_output", "non_preferred_output"):
+                out = rec.get(k)
+                if not isinstance(out, list) or not out or not all(isinstance(m, dict) and m.get("role")=="assistant" for m in out):
+                    return tokens, f"Invalid file format. Line {i}, key \"{k}\": must be a list of assistant messages."
+            tokens += sum(len(str(m.get("content","")).split()) for k in ("preferred_output","non_preferred_output") for m in rec[k])
+            tokens += sum(len(str(m.get("content","")).split()) for m in rec["input"]["messages"] if isinstance(m, dict))
+        return tokens, None
+
+    @staticmethod
     def _check_chat_jsonl(content:bytes)->tuple[int,str|None]:
         "Count tokens roughly and find the first problem in a chat JSONL file, like OpenAI's validation step."
         tokens = 0
@@ -296,18 +314,23 @@ class FakeOpenAI:
             vf = body.get("validation_file")
             if vf is not None and vf not in fake.files: return _err(400, f"invalid validation_file: {vf}", param="validation_file")
             hp = dict(body.get("hyperparameters") or {})
-            method = body.get("method")
-            if method and method.get("type")=="supervised":
-                hp = {**(((method.get("supervised") or {}).get("hyperparameters")) or {}), **hp}
-            hp = {k: hp.get(k, "auto") for k in ("batch_size","learning_rate_multiplier","n_epochs")}
+            method = body.get("method") or {"type": "supervised"}
+            kind = method.get("type")
+            if kind not in ("supervised", "dpo"): return _err(400, f"Invalid method type {kind!r}", param="method")
+            hp = {**(((method.get(kind) or {}).get("hyperparameters")) or {}), **hp}
+            keys = ("batch_size","learning_rate_multiplier","n_epochs") + (("beta",) if kind=="dpo" else ())
+            if set(hp) - set(keys): return _err(400, f"Unknown hyperparameter(s) {sorted(set(hp) - set(keys))}", param="method")
+            mhp = {k: hp.get(k, "auto") for k in keys}
+            hp = {k: mhp[k] for k in ("batch_size","learning_rate_multiplier","n_epochs")}
             jid = f"ftjob-{uuid.uuid4().hex[:24]}"
             obj = _dump(FineTuningJob(id=jid, created_at=fake._now(), error=None, fine_tuned_model=None, finished_at=None,
                 hyperparameters=hp, model=body["model"], object="fine_tuning.job", organization_id="org-fake",
                 result_files=[], seed=body.get("seed") if body.get("seed") is not None else 42, status="validating_files",
                 trained_tokens=None, training_file=tf, validation_file=vf, metadata=body.get("metadata"),
-                method={"type": "supervised", "supervised": {"hyperparameters": hp}}))
+                method={"type": kind, kind: {"hyperparameters": mhp}}))
             obj["_suffix"] = body.get("suffix")
-            tokens, problem = fake._check_chat_jsonl(fake.files[tf]["content"]) if fake.validate_training_files else (100, None)
+            check = fake._check_dpo_jsonl if kind == "dpo" else fake._check_chat_jsonl
+            tokens, problem = check(fake.files[tf]["content"]) if fake.validate_training_files else (100, None)
             error = fake.next_job_error or (fake.job_errors.pop(0) if fake.job_errors else None)
             fake.next_job_error = None
             if problem and not error: error = ("invalid_training_file", problem)

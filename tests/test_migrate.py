@@ -103,3 +103,26 @@ def test_hyperparameter_mapping_matches_the_server():
         from finetune_nb.serve.jobs import check_hyperparameters, training_configs
         _, served = training_configs(check_hyperparameters(tc.to_openai()), n_examples=300, seed=tc.seed)
         assert served == dataclasses.replace(tc, progress=False)                    # ... and the server trains exactly that
+
+def test_dpo_job_migrates_with_its_method_and_beta(fake_openai, toy_model_dir, tmp_path):
+    "An OpenAI DPO job: beta and the three knobs through the one mapping, pairs trained with DPO locally, prompts evaluated side by side."
+    from finetune_nb.demo import make_demo_data, demo_preferences
+    train, test = make_demo_data(24, 8, seed=4)
+    ft = OpenAIFineTuner(base_url=fake_openai.base_url, api_key="sk-test")
+    run = ft.fine_tune(demo_preferences(train), validation_data=demo_preferences(test + train[:2]), method="dpo", beta=0.3, seed=5,
+                       hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2}, poll_interval=0.001, progress=False)
+    answers = {r["messages"][1]["content"]: r["messages"][-1]["content"] for r in test + train}
+    fake_openai.chat_reply = lambda req: answers.get(req["messages"][-1]["content"], "?")
+    folder = tmp_path/"mig"
+    res = migrate(run.job.job_id, ft, target=toy_model_dir, folder=folder, eval_limit=4, max_tokens=8, overrides={"max_steps": 2, "max_length": 384})
+    st = json.loads((folder/"state.json").read_text())["steps"]
+    src, plan, tr = st["source"], st["plan"], st["train"]
+    assert src["job_method"] == "dpo" and src["hyperparameters"]["beta"] == 0.3
+    assert (plan["job_method"], plan["training"]["objective"], plan["training"]["beta"], plan["training"]["epochs"]) == ("dpo", "dpo", 0.3, 2)
+    assert plan["hyperparameters"]["openai"]["beta"] == 0.3 and plan["settings"]["beta"]["from"] == "source job"
+    assert plan["training"]["batch_size"] * plan["training"]["grad_accum"] == 4 and abs(plan["training"]["lr"] - 2 * 2e-4) < 1e-12
+    assert tr["steps"] == 2 and any("rewards/margins" in h for h in tr["loss_history"]) and (Path(tr["adapter"])/"adapter_config.json").exists()
+    held = [json.loads(l) for l in Path(plan["eval_chat_path"]).read_text().splitlines()]
+    assert len(held) == 10 and all(r["messages"][-1]["role"] == "assistant" for r in held)   # the prompts with their preferred answers
+    assert st["evaluate"]["overall"]["n"] == 4 and res.verdict in ("better", "worse", "equal within CI")
+    assert "| method | DPO, beta 0.3 | DPO (TRL), beta 0.3 |" in (folder/"report.md").read_text()

@@ -297,3 +297,42 @@ def test_fine_tune_against_local_server(start_server, serve_base_model):
     assert run.job.job_id in [j.job_id for j in ft.list_jobs(limit=None)]
     with pytest.raises(DataValidationError):
         ft.upload_file(records(3))
+
+
+def pairs(n=12, tag="q"):
+    return [{"input": {"messages": [{"role": "system", "content": "Answer yes or no."}, {"role": "user", "content": f"{tag}: is {i} even?"}]},
+             "preferred_output": [{"role": "assistant", "content": "yes" if i % 2 == 0 else "no"}],
+             "non_preferred_output": [{"role": "assistant", "content": "no" if i % 2 == 0 else "yes"}]} for i in range(n)]
+
+
+def test_dpo_fine_tune_end_to_end(ft, fake_openai, tmp_path):
+    # TRL's conversational prompt/chosen/rejected on disk: validated as pairs, uploaded as OpenAI's DPO JSONL
+    trl = tmp_path/"pairs.jsonl"
+    trl.write_text("".join(json.dumps({"prompt": p["input"]["messages"], "chosen": p["preferred_output"], "rejected": p["non_preferred_output"]}) + "\n"
+                           for p in pairs()))
+    run = ft.fine_tune(trl, validation_data=pairs(10, "v"), method="dpo", beta=0.25, hyperparameters={"n_epochs": 2},
+                       seed=1, poll_interval=0.001, progress=False)
+    assert run.job.status == "succeeded" and run.model.startswith(f"ft:{DEFAULT_MODEL}:")
+    sent = fake_openai.jobs[run.job.job_id]["obj"]
+    assert (sent["method"]["type"], sent["method"]["dpo"]) == ("dpo", {"hyperparameters": {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": 2, "beta": 0.25}})
+    assert run.job.method["dpo"]["hyperparameters"]["beta"] == 0.25 and run.job.hyperparameters["n_epochs"] == 2
+    assert [json.loads(l) for l in fake_openai.files[run.training_file]["content"].decode().splitlines()] == pairs()
+    assert [json.loads(l) for l in fake_openai.files[run.validation_file]["content"].decode().splitlines()] == pairs(10, "v")
+    # a whole method dict goes as it is
+    j = ft.create_job(run.training_file, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5}}})
+    assert fake_openai.jobs[j.job_id]["obj"]["method"]["dpo"]["hyperparameters"]["beta"] == 0.5
+
+
+def test_dpo_data_is_validated_before_uploading(ft, fake_openai, tmp_path):
+    bad = pairs()
+    bad[4] = {**bad[4], "non_preferred_output": bad[4]["preferred_output"]}
+    with pytest.raises(DataValidationError, match=r"<memory>:5: non_preferred_output") as e: ft.fine_tune(bad, method="dpo", progress=False)
+    assert "identical_outputs" in str(e.value) or "same as the preferred" in str(e.value)
+    path = tmp_path/"bad.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs()[:11]) + json.dumps({"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}) + "\n")
+    with pytest.raises(DataValidationError, match=r"bad.jsonl:12: input.messages"): ft.upload_file(path, method="dpo")
+    with pytest.raises(Exception, match="needs preference data"): ft.fine_tune(records(), method="dpo", progress=False)   # chat data for a DPO job
+    with pytest.raises(Exception, match="pass method='dpo'"): ft.fine_tune(pairs(), progress=False)                       # pairs for a supervised job
+    with pytest.raises(Exception, match="DPO hyperparameter"): ft.fine_tune(records(), beta=0.1, progress=False)
+    with pytest.raises(Exception, match="unknown method"): ft.fine_tune(pairs(), method="rlhf", progress=False)
+    assert fake_openai.count("POST", "/v1/files") == 0 and fake_openai.count("POST", JOB) == 0

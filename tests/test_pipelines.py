@@ -40,6 +40,28 @@ def test_local_pipeline(tmp_path, ux_base_model):
     assert f"report:  {run_dir/'report.md'}" in out and "overall" in out
 
 
+def test_dpo_pipeline_sft_then_dpo(tmp_path, ux_base_model):
+    "SFT → DPO on demo preference pairs with tiny settings: the run folder, the preference section and both adapters."
+    params = dict(base_model=ux_base_model, n_train=24, n_test=6, sft_steps=2, steps=2, eval_limit=6, max_new_tokens=8,
+                  max_length=384, logging_steps=1, batch_size=4, beta=0.2, seed=3)
+    args = [x for k, v in params.items() for x in ("-p", k, json.dumps(v) if not isinstance(v, str) else v)]
+    rc, out, err = run_cli("run", "dpo", *args, "--name", "tiny-dpo", "--runs-dir", tmp_path, "--quiet")
+    assert rc == 0, err[-3000:]
+    run_dir = tmp_path/"tiny-dpo"
+    m = _check_run_folder(run_dir, "finetune_dpo.ipynb", params)
+    assert m["train"]["steps"] == 2 and m["train"]["objective"] == "dpo" and len(m["sft_loss_history"]) >= 2
+    assert (Path(m["sft_adapter"])/"adapter_config.json").exists() and (Path(m["train"]["adapter_dir"])/"adapter_config.json").exists()
+    assert any("rewards/margins" in h for h in m["loss_history"])
+    pref = m["preference"]
+    assert pref["before"]["n"] == pref["after"]["n"] == 6 and pref["beta"] == 0.2
+    assert (pref["before"]["accuracy"], pref["before"]["margin"]) == (0.0, 0.0)   # before DPO the implicit reward is zero for every answer
+    assert m["headline"]["preference_accuracy"] == {"base": pref["before"]["logp_accuracy"], "fine_tuned": pref["after"]["logp_accuracy"]}
+    report = (run_dir/"report.md").read_text()
+    assert "## Preference accuracy (held-out pairs)" in report and f"| mean reward margin | 0.000 | {pref['after']['margin']:.3f} |" in report
+    assert (run_dir/"preference.png").read_bytes()[:4] == b"\x89PNG" and (run_dir/"data"/"pairs_train.jsonl").exists()
+    assert "preference_accuracy" in out and "SFT" in (run_dir/"report.md").read_text().splitlines()[0]
+
+
 def test_openai_pipeline_against_loopback(tmp_path, fake_openai, capfd):
     "The fine-tuned model (per the fake) answers every test ticket right, the base never does."
     from finetune_nb.demo import make_demo_data

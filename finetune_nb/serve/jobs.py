@@ -18,34 +18,40 @@ from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPE
     check_hyperparameters as _check_hyperparameters)
 
 # %% auto #0
-__all__ = ['SERVER_RESTARTED', 'check_hyperparameters', 'openai_hyperparameters', 'training_configs', 'trained_hyperparameters',
-           'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv']
+__all__ = ['SERVER_RESTARTED', 'check_hyperparameters', 'openai_hyperparameters', 'job_method', 'training_configs',
+           'trained_hyperparameters', 'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
 def check_hyperparameters(
     hp:dict|None, # hyperparameters as sent by the client
+    method:str="supervised", # the job's method type ("dpo" adds beta)
 )->dict:          # OpenAI's three ("auto" where not given) and the local extras, checked
     "`lora.check_hyperparameters`, its error answered as a 400 that names the field."
-    try: return _check_hyperparameters(hp)
+    try: return _check_hyperparameters(hp, method)
     except HyperparameterError as e:
         raise APIError(400, e.message + (f" ({e.hint})" if e.hint else ""), param=e.param, code="invalid_hyperparameter") from None
 
 def openai_hyperparameters(hp:dict)->dict:
-    "Just OpenAI's three, as a job shows them."
-    return {k: hp[k] for k in OPENAI_HYPERPARAMETERS}
+    "Just OpenAI's (three, and a DPO job's beta), as a job shows them."
+    return {k: hp[k] for k in (*OPENAI_HYPERPARAMETERS, "beta") if k in hp}
+
+def job_method(t:str, shown:dict)->dict:
+    "A job's `method` object: its type and that type's hyperparameters."
+    return {"type": t, t: {"hyperparameters": shown}}
 
 # %% ../../nbs/07d_jobs.ipynb #113e61fc
 def training_configs(
     hp:dict,          # from `check_hyperparameters`
     n_examples:int,   # training examples (for `n_epochs: "auto"`)
     seed:int,         # the job's seed
+    method:str="supervised", # the job's method type (dpo: objective "dpo", beta)
 )->tuple:             # (LoRAConfig, TrainingConfig)
     "The local trainer's configs for a job: the package's one mapping."
-    return LoRAConfig.from_openai(hp), TrainingConfig.from_openai(hp, n_examples=n_examples, seed=seed, progress=False)
+    return LoRAConfig.from_openai(hp, method=method), TrainingConfig.from_openai(hp, n_examples=n_examples, job_method=method, seed=seed, progress=False)
 
 def trained_hyperparameters(hp:dict, tcfg:TrainingConfig)->dict:
     "OpenAI's three as the trainer runs them (no \"auto\" left)."
-    return {k: v for k, v in tcfg.to_openai().items() if k in OPENAI_HYPERPARAMETERS}
+    return {k: v for k, v in tcfg.to_openai().items() if k in OPENAI_HYPERPARAMETERS or k == "beta"}
 
 # %% ../../nbs/07d_jobs.ipynb #42279f8a
 @dataclass
@@ -90,14 +96,15 @@ def create(self:Jobs, owner:str, req:JobRequest)->FineTuningJob:
     "Check a job request and queue it."
     base = self.models.base_for(req.model)
     if base is None: raise APIError(400, f"Model {req.model[:256]!r} is not available for fine-tuning here; use one of {[*self.models.base_models, *self.models.model_map]}", param="model", code="model_not_available")
-    hp = check_hyperparameters(req.all_hyperparameters())
+    mt = req.method_type()
+    hp = check_hyperparameters(req.all_hyperparameters(), mt)
     self._check_files(owner, req)
     if req.suffix is not None and not SUFFIX_RE.fullmatch(req.suffix): raise APIError(400, "suffix may use letters, digits, '-' and '_' (at most 64)", param="suffix")
     shown = openai_hyperparameters(hp)
     job = FineTuningJob(id=new_id("jobs"), created_at=now(), model=req.model, status="queued", training_file=req.training_file,
-                        validation_file=req.validation_file, hyperparameters=shown, method={"type": "supervised", "supervised": {"hyperparameters": shown}},
+                        validation_file=req.validation_file, hyperparameters=shown, method=job_method(mt, shown),
                         seed=secrets.randbelow(2**31) if req.seed is None else req.seed, user_provided_suffix=req.suffix, metadata=req.metadata)
-    self.store.insert("jobs", job.dump(), owner=owner, internal={"base": base, "hyperparameters": hp, "resume": None})
+    self.store.insert("jobs", job.dump(), owner=owner, internal={"base": base, "hyperparameters": hp, "resume": None, "method": mt})
     self.event(job.id, f"Validating training file: {req.training_file}")
     self.event(job.id, "Files validated, moving job to queued state")
     self._wake.set()
@@ -201,16 +208,18 @@ def run(self:Jobs, job_id:str):
 @patch
 def prepare(self:Jobs, job_id:str)->TrainPlan|None:
     "Read the job's files and configs, and mark it running (None if it is no longer queued)."
-    from finetune_nb.data import read_dataset
+    from finetune_nb.data import read_dataset, read_preferences
     job,inner = self.store.get("jobs", job_id),self.store.internal("jobs", job_id)
-    train = read_dataset(self.files.path(job["training_file"]))
-    val = read_dataset(self.files.path(job["validation_file"])) if job.get("validation_file") else None
-    lcfg,tcfg = training_configs(inner["hyperparameters"], len(train), job["seed"])
+    mt = inner.get("method", "supervised")
+    read = read_preferences if mt == "dpo" else read_dataset   # a DPO job trains on preference pairs
+    train = read(self.files.path(job["training_file"]))
+    val = read(self.files.path(job["validation_file"])) if job.get("validation_file") else None
+    lcfg,tcfg = training_configs(inner["hyperparameters"], len(train), job["seed"], mt)
     from finetune_nb.models import check_fits   # fail fast, before the kernel kills the server for it
     check_fits(inner["base"], method="qlora" if tcfg.load_in_4bit else tcfg.method, batch_size=tcfg.batch_size, max_length=tcfg.max_length, lora_r=lcfg.r)
     shown = trained_hyperparameters(inner["hyperparameters"], tcfg)
     job = self.store.update("jobs", job_id, only_if=("queued",), status="running", hyperparameters=shown,
-                            method={"type": "supervised", "supervised": {"hyperparameters": shown}})
+                            method=job_method(mt, shown))
     if job is None: return None   # cancelled meanwhile (the check and the change are one step, so a cancel is never overwritten)
     self.count("jobs_started")
     resume = inner.get("resume")
@@ -238,6 +247,7 @@ def _record_metrics(self:Jobs, plan:TrainPlan, logs:dict):
     plan.rows.append({"step": step, "train_loss": loss, "valid_loss": valid_loss})
     msg = f"Step {step}: " + ", ".join(f"{k}={v:.4f}" for k,v in (("training loss", loss), ("validation loss", valid_loss)) if v is not None)
     data = {"step": step, "train_loss": loss, "valid_loss": valid_loss, "epoch": logs.get("epoch"), "learning_rate": logs.get("learning_rate")}
+    data.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "eval_rewards/"))})   # a DPO job's reward metrics
     self.event(plan.job["id"], msg, type="metrics", data={k: v for k,v in data.items() if v is not None})
 
 @patch

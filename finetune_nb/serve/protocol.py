@@ -247,12 +247,19 @@ class JobRequest(BaseModel):
     seed: int|None = Field(None, ge=0, lt=2**31)
     metadata: dict[str, str]|None = None
 
+    def method_type(self)->str:
+        "The job's `method.type`: supervised (the default) or dpo; other types are a 400."
+        t = (self.method or {}).get("type", "supervised")
+        if t not in ("supervised", "dpo"): raise APIError(400, f"method.type {str(t)[:40]!r} is not supported here; use 'supervised' or 'dpo'", param="method.type")
+        return t
+
     def all_hyperparameters(self)->dict:
-        "`hyperparameters` merged with `method.supervised.hyperparameters` (only supervised fine-tuning runs here)."
-        hp = dict(self.hyperparameters or {})
+        "`hyperparameters` merged with `method.<type>.hyperparameters` (supervised or dpo)."
+        hp, t = dict(self.hyperparameters or {}), self.method_type()
         if self.method:
-            if self.method.get("type", "supervised") != "supervised": raise APIError(400, "only method.type 'supervised' is supported", param="method.type")
-            hp.update((self.method.get("supervised") or {}).get("hyperparameters") or {})
+            sub = self.method.get(t) or {}
+            if not isinstance(sub, dict) or not isinstance(sub.get("hyperparameters") or {}, dict): raise APIError(400, f"method.{t} must be {{\"hyperparameters\": {{...}}}}", param=f"method.{t}")
+            hp.update(sub.get("hyperparameters") or {})
         return hp
 
 # %% ../../nbs/07a_protocol.ipynb #2f9a4fce
