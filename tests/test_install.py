@@ -34,7 +34,7 @@ def _requires(meta:str)->dict:
 def test_wheel_ships_pipelines_and_light_requirements(wheel):
     z = zipfile.ZipFile(wheel)
     names = set(z.namelist())
-    for nb in ("finetune_local.ipynb", "finetune_openai.ipynb", "migrate.ipynb"):
+    for nb in ("finetune_local.ipynb", "finetune_openai.ipynb", "finetune_dpo.ipynb", "migrate.ipynb"):
         assert f"finetune_nb/pipelines/{nb}" in names, nb
     meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     req = _requires(meta)
