@@ -7,6 +7,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # local runs so the tiny model is built once; a fresh clone builds it afresh.
 os.environ.setdefault("FINETUNE_NB_DATA_DIR", str(ROOT/".cache"/"test-data"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread per process (servers and kernels inherit it): the suite runs two workers plus the servers,
+# kernels and subprocesses they start on 2 cores, where torch's default (a thread per core, spinning) oversubscribes.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
