@@ -9,8 +9,10 @@ from pathlib import Path
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['CATEGORIES', 'PRIORITIES', 'SENTIMENTS', 'DEMO_SYSTEM', 'DEMO_FIELDS', 'CUES', 'make_message', 'make_demo_data',
-           'demo_labels', 'demo_cues', 'demo_preferences', 'demo_pretrain_text', 'write_demo_files', 'demo_recipe']
+__all__ = ['CATEGORIES', 'PRIORITIES', 'SENTIMENTS', 'DEMO_SYSTEM', 'DEMO_FIELDS', 'CUES', 'TOOLS_SYSTEM', 'REASONS', 'CARRIERS',
+           'DEMO_TOOLS', 'ESCALATION_CUES', 'TRACKING_CUES', 'TOOL_SHARES', 'DEMO_TASKS', 'make_message',
+           'make_demo_data', 'demo_labels', 'demo_cues', 'demo_preferences', 'demo_pretrain_text',
+           'make_tool_demo_data', 'demo_tool_call', 'write_demo_files', 'demo_recipe']
 
 # %% ../nbs/01a_demo.ipynb #edd67e0e
 CATEGORIES = ["billing", "technical", "account", "shipping", "feedback"]
@@ -280,27 +282,144 @@ def demo_pretrain_text(
         else: docs.append(_json_doc(rng))
     return docs
 
+# %% ../nbs/01a_demo.ipynb #ced6c512
+TOOLS_SYSTEM = "You are a support agent. Answer each customer message with exactly one tool call."
+REASONS = ["human_requested", "legal", "safety"]
+CARRIERS = {"dhl": "DHL", "ups": "UPS", "fedex": "FedEx", "usps": "USPS"}   # argument value -> how messages name it
+
+def _enum(vals:list, desc:str)->dict: return {"type": "string", "enum": list(vals), "description": desc}
+
+DEMO_TOOLS = [
+    {"type": "function", "function": {"name": "create_ticket", "description": "Open a support ticket with the triage verdict.",
+        "parameters": {"type": "object", "properties": {"category": _enum(CATEGORIES, "the queue the ticket goes to"),
+                                                        "priority": _enum(PRIORITIES, "how soon it needs an answer"),
+                                                        "sentiment": _enum(SENTIMENTS, "how the customer feels")},
+                       "required": ["category", "priority", "sentiment"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "escalate_to_human", "description": "Hand the conversation to a human agent at once.",
+        "parameters": {"type": "object", "properties": {"reason": _enum(REASONS, "why a person must take over")},
+                       "required": ["reason"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "track_parcel", "description": "Ask the carrier where a parcel is.",
+        "parameters": {"type": "object", "properties": {"carrier": _enum(CARRIERS, "the carrier that has the parcel")},
+                       "required": ["carrier"], "additionalProperties": False}}},
+]
+
+ESCALATION_CUES = {
+    "human_requested": ["I want to talk to a real person.", "Please put me through to a human agent.", "I do not want a bot, get me a human.",
+                        "Can a person from your team call me?", "Let me speak to a manager.", "Transfer me to a live agent please.",
+                        "I would rather talk to someone on the phone."],
+    "legal": ["My lawyer will be in touch.", "I am going to take legal action.", "I will report you to the consumer protection office.",
+              "Expect to hear from my attorney.", "I am filing a complaint with the regulator.", "See you in court.",
+              "I will sue if this is not resolved."],
+    "safety": ["The {item} started smoking when I plugged it in.", "The battery swelled up and became very hot.",
+               "My child got an electric shock from the {item}.", "The {item} caught fire last night.",
+               "There is a burning smell coming from the {item}.", "The charger melted and sparked.",
+               "Someone was hurt by the {item}."],
+}
+TRACKING_CUES = ["Where is my {carrier} parcel right now?", "Can you track the package that {carrier} picked up?",
+                 "What is the latest on my delivery with {carrier}?", "Could you ask {carrier} where my box is?",
+                 "I would like an update on the {carrier} shipment.", "When will the {carrier} driver get here?",
+                 "Please check the {carrier} tracking for me."]
+
+# %% ../nbs/01a_demo.ipynb #0fae7dba
+TOOL_SHARES = {"create_ticket": 0.8, "escalate_to_human": 0.1, "track_parcel": 0.1}
+
+def _compose(first:str, rest:list[str], rng:random.Random)->str:
+    "A message: greeting, `first` (sometimes not first), the `rest` in random order, sign-off."
+    rest = [s for s in rest if s]
+    rng.shuffle(rest)
+    body = [first]
+    if rng.random() < 0.25 and rest: body.insert(0, rest.pop())
+    parts = [_fill(rng.choice(_GREETINGS), rng)] + body + rest + [_fill(rng.choice(_SIGNOFFS), rng)]
+    return " ".join(p for p in parts if p)
+
+def _cue(field:str, rng:random.Random)->tuple[str,int]: return _draw_cue(field, rng.choice(list(CUES[field])), rng)
+
+def _tool_example(tool:str, rng:random.Random)->tuple[tuple, str, dict]:
+    "(signature, message, arguments) of one example calling `tool`; the signature is the cues that decide it."
+    if tool == "create_ticket":
+        cues = tuple(_cue(f, rng) for f in DEMO_FIELDS)
+        return (tool, cues), make_message(cues, rng), {f: l for f, (l, _) in zip(DEMO_FIELDS, cues)}
+    if tool == "escalate_to_human":
+        reason = rng.choice(REASONS)
+        e, (cat, c), (sen, s) = rng.randrange(len(ESCALATION_CUES[reason])), _cue("category", rng), _cue("sentiment", rng)
+        msg = _compose(_sentence(_fill(CUES["category"][cat][c], rng)),
+                       [_fill(ESCALATION_CUES[reason][e], rng), CUES["sentiment"][sen][s], _fill(rng.choice(_FILLERS), rng)], rng)
+        return (tool, (reason, e), (cat, c), (sen, s)), msg, {"reason": reason}
+    carrier, t, (pri, p) = rng.choice(list(CARRIERS)), rng.randrange(len(TRACKING_CUES)), _cue("priority", rng)
+    msg = _compose(TRACKING_CUES[t].format(carrier=CARRIERS[carrier]), [CUES["priority"][pri][p], _fill(rng.choice(_FILLERS), rng)], rng)
+    return (tool, carrier, t, (pri, p)), msg, {"carrier": carrier}
+
+def _tool_record(msg:str, tool:str, args:dict, rng:random.Random)->dict:
+    call = {"id": f"call_{rng.randrange(16**8):08x}", "type": "function", "function": {"name": tool, "arguments": json.dumps(args)}}
+    return {"messages": [{"role": "system", "content": TOOLS_SYSTEM}, {"role": "user", "content": msg},
+                         {"role": "assistant", "content": None, "tool_calls": [call]}], "tools": DEMO_TOOLS}
+
+def make_tool_demo_data(
+    n_train:int=2000,   # training examples
+    n_test:int=200,     # held-out test examples (cue combinations unseen in training)
+    seed:int=0,         # same seed, same data, on any machine
+)->tuple[list[dict], list[dict]]: # (train, test) as OpenAI chat records with `tools` and an assistant `tool_calls` reply
+    "Generate the tool-calling demo: each customer message answered by one call of `create_ticket`, `escalate_to_human` or `track_parcel`."
+    rng = random.Random(seed)
+    tools, shares = list(TOOL_SHARES), list(TOOL_SHARES.values())
+    def draw(n, keep):
+        out = []
+        while len(out) < n:
+            tool = rng.choices(tools, shares)[0]
+            sig, msg, args = _tool_example(tool, rng)
+            if keep(sig): out.append(_tool_record(msg, tool, args, rng))
+        return out
+    seen = set()
+    def new_in_test(sig):
+        if sig in seen: return False
+        seen.add(sig); return True
+    test = draw(n_test, new_in_test)
+    return draw(n_train, lambda sig: sig not in seen), test
+
+# %% ../nbs/01a_demo.ipynb #45c81359
+def demo_tool_call(
+    r:dict, # a tool demo record
+)->tuple[str, dict]: # (function name, arguments)
+    "The function name and parsed arguments of a tool demo record's call."
+    f = r["messages"][-1]["tool_calls"][0]["function"]
+    return f["name"], json.loads(f["arguments"])
+
 # %% ../nbs/01a_demo.ipynb #01782cbf
+DEMO_TASKS = {"triage": make_demo_data, "tools": make_tool_demo_data}   # task name -> (train, test) generator
+
 def write_demo_files(
     dir:str|Path,      # where to write
     n_train:int=2000,  # training examples
     n_test:int=200,    # held-out test examples
     seed:int=0,        # data seed
+    task:str="triage", # "triage" (JSON verdict) or "tools" (one tool call among `DEMO_TOOLS`)
 )->dict[str,Path]:     # {"train": ..., "test": ..., "pretrain": ...}
-    "Write `demo_train.jsonl`, `demo_test.jsonl` (OpenAI chat JSONL) and `demo_pretrain.txt` to `dir`."
-    dir = Path(dir)
-    train, test = make_demo_data(n_train, n_test, seed)
+    "Write the `task`'s train and test sets (OpenAI chat JSONL; `demo_*.jsonl`, or `demo_tools_*.jsonl`) and `demo_pretrain.txt` to `dir`."
+    if task not in DEMO_TASKS: raise ValueError(f"unknown demo task {task!r}: use one of {', '.join(DEMO_TASKS)}")
+    dir, stem = Path(dir), "demo" if task == "triage" else f"demo_{task}"
+    train, test = DEMO_TASKS[task](n_train, n_test, seed)
     jl = lambda rs: "".join(json.dumps(r, ensure_ascii=False)+"\n" for r in rs)
-    return {"train": atomic_write(dir/"demo_train.jsonl", jl(train)),
-            "test": atomic_write(dir/"demo_test.jsonl", jl(test)),
+    return {"train": atomic_write(dir/f"{stem}_train.jsonl", jl(train)),
+            "test": atomic_write(dir/f"{stem}_test.jsonl", jl(test)),
             "pretrain": atomic_write(dir/"demo_pretrain.txt", "\n".join(demo_pretrain_text())+"\n")}
 
 # %% ../nbs/01a_demo.ipynb #3aa15448
-def demo_recipe()->dict: # {"training": TrainingConfig kwargs, "lora": LoRAConfig kwargs or None, "measured": {...}}
-    "The fine-tuning recipe for the demo task on `finetune-nb/tiny` (see the measured figures in the notes)."
+def demo_recipe(
+    task:str="triage", # "triage" or "tools"
+)->dict: # {"training": TrainingConfig kwargs, "lora": LoRAConfig kwargs or None, "measured": {...}}; for "tools" also "data" and "eval" sizes
+    "The fine-tuning recipe for a demo task on `finetune-nb/tiny` (see the measured figures in the notes)."
+    if task == "tools":
+        return {"training": dict(method="full", lr=7e-4, batch_size=8, grad_accum=1, epochs=4.5, lr_scheduler="linear", warmup=0.03,
+                                 max_length=256, seed=0),
+                "lora": None, "data": dict(n_train=2000, n_test=100), "eval": dict(eval_limit=100, max_new_tokens=64),
+                "measured": {"base": {"tool_call_exact_match": 0.0},
+                             "fine_tuned": {"tool_call_exact_match": 0.24, "tool_name_accuracy": 1.0, "tool_args_match": 0.24},
+                             "run_seconds_2_cores": 786, "meets_target": False}}
+    if task != "triage": raise ValueError(f"unknown demo task {task!r}: use one of {', '.join(DEMO_TASKS)}")
     return {"training": dict(method="full", lr=5e-4, batch_size=16, grad_accum=1, max_steps=300, lr_scheduler="cosine",
                              warmup=0.05, max_length=256, seed=0),
             "lora": None,
             "measured": {"base": {"valid_json": 0.0, "exact": 0.0},
                          "fine_tuned": {"valid_json": 1.0, "exact": 0.935, "category": 1.0, "priority": 0.935, "sentiment": 1.0},
                          "train_seconds_2_cores": 83, "meets_target": True}}
+

@@ -146,3 +146,86 @@ def test_demo_recipe_on_tiny(tiny_model_path):
     assert valid >= 0.95
     assert exact >= 0.70, f"exact match {exact} (recipe measured {r['measured']['fine_tuned']['exact']})"
     assert res.final_loss < res.loss_history[0]["loss"] / 3
+
+
+# The tool-calling variant: the triage verdict as a `create_ticket` call among three tools.
+from finetune_nb.demo import (DEMO_TOOLS, TOOLS_SYSTEM, TOOL_SHARES, REASONS, CARRIERS, ESCALATION_CUES, TRACKING_CUES, make_tool_demo_data,
+                              demo_tool_call)
+
+
+@pytest.fixture(scope="module")
+def tool_demo(): return make_tool_demo_data()
+
+
+def test_tool_demo_records_are_valid_tool_data(tool_demo):
+    "Valid per the data module's validator (tools, calls to declared functions, JSON arguments) and per each tool's JSON Schema."
+    from jsonschema import Draft202012Validator
+    from finetune_nb.data import validate_records
+    train, test = tool_demo
+    rep = validate_records(train + test)
+    assert rep.ok and not rep.errors, rep.errors[:3]
+    assert not [w for w in rep.warnings if w.kind == "duplicate"]
+    schemas = {t["function"]["name"]: Draft202012Validator(t["function"]["parameters"]) for t in DEMO_TOOLS}
+    for r in train + test:
+        assert r["tools"] == DEMO_TOOLS and [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+        assert r["messages"][0]["content"] == TOOLS_SYSTEM and r["messages"][2]["content"] is None
+        (call,) = r["messages"][2]["tool_calls"]
+        assert call["type"] == "function" and call["id"].startswith("call_")
+        name, args = demo_tool_call(r)
+        assert not list(schemas[name].iter_errors(args)), (name, args)
+    # the validator can fail on this data: a call to an undeclared function, and a tool result answering no call
+    bad = json.loads(json.dumps(test[0]))
+    bad["messages"][2]["tool_calls"][0]["function"]["name"] = "refund_order"
+    bad["messages"].append({"role": "tool", "tool_call_id": "call_nope", "content": "ok"})
+    kinds = {e.kind for e in validate_records([bad]).errors}
+    assert {"unknown_function", "unmatched_tool_call_id"} <= kinds, kinds
+
+
+def test_tool_demo_calls_are_decided_by_cues(tool_demo):
+    train, test = tool_demo
+    for r in train + test:
+        msg = r["messages"][1]["content"]
+        name, args = demo_tool_call(r)
+        esc = {l for l, ts in ESCALATION_CUES.items() for t in ts if all(p in msg.lower() for p in _fragments(t))}
+        track = [t for t in TRACKING_CUES if all(p in msg.lower() for p in _fragments(t))]
+        carriers = {c for c, named in CARRIERS.items() if named in msg}
+        if name == "create_ticket":
+            assert not esc and not track and not carriers and demo_cues(msg) == {f: {args[f]} for f in DEMO_FIELDS}
+        elif name == "escalate_to_human": assert esc == {args["reason"]} and not track and not carriers, (msg, args)
+        else: assert len(track) == 1 and not esc and carriers == {args["carrier"]}, (msg, args)
+
+
+def test_tool_demo_heldout_and_deterministic(tool_demo):
+    train, test = tool_demo
+    assert (len(train), len(test)) == (2000, 200) and make_tool_demo_data() == tool_demo
+    assert make_tool_demo_data(seed=1) != tool_demo
+    blob = json.dumps(make_tool_demo_data(100, 20, seed=0), sort_keys=True).encode()
+    assert hashlib.sha256(blob).hexdigest()[:16] == PINNED_TOOL_DEMO_HASH
+    msgs = {r["messages"][1]["content"] for r in train}
+    assert not any(r["messages"][1]["content"] in msgs for r in test)
+    for rs in (train, test):                                              # every tool and every argument value is taught and tested
+        calls = [demo_tool_call(r) for r in rs]
+        for tool, share in TOOL_SHARES.items(): assert abs([n for n, _ in calls].count(tool) / len(rs) - share) < 0.05, tool
+        assert {a["reason"] for n, a in calls if n == "escalate_to_human"} == set(REASONS)
+        assert {a["carrier"] for n, a in calls if n == "track_parcel"} == set(CARRIERS)
+
+
+PINNED_TOOL_DEMO_HASH = "b9fb4d30c8ceec68"
+
+
+def test_write_tool_demo_files_round_trip(tmp_path):
+    from finetune_nb.data import read_dataset
+    ps = write_demo_files(tmp_path, n_train=30, n_test=10, seed=3, task="tools")
+    assert (ps["train"].name, ps["test"].name) == ("demo_tools_train.jsonl", "demo_tools_test.jsonl")
+    train, test = make_tool_demo_data(30, 10, seed=3)
+    assert read_dataset(ps["train"]).to_records() == train and read_dataset(ps["test"]).to_records() == test
+    with pytest.raises(ValueError, match="unknown demo task"): write_demo_files(tmp_path, task="poetry")
+
+
+def test_tool_demo_recipe_fits_the_trainer_configs():
+    from finetune_nb.lora import TrainingConfig
+    r = demo_recipe("tools")
+    tc = TrainingConfig(**r["training"])
+    assert tc.method == "full" and r["lora"] is None and r["data"]["n_train"] > 0 and r["eval"]["max_new_tokens"] >= 64
+    ms = r["measured"]
+    assert ms["meets_target"] == (ms["fine_tuned"]["tool_call_exact_match"] >= 0.90 and ms["base"]["tool_call_exact_match"] <= 0.10)

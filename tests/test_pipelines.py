@@ -62,6 +62,43 @@ def test_dpo_pipeline_sft_then_dpo(tmp_path, ux_base_model):
     assert "preference_accuracy" in out and "SFT" in (run_dir/"report.md").read_text().splitlines()[0]
 
 
+def test_local_pipeline_tools_task(tmp_path, tiny_model_path):
+    "`-p task tools`: the tool demo's data, its recipe for the parameters left at None, and the tool-call metrics in metrics.json and the report."
+    from finetune_nb.demo import demo_recipe, make_tool_demo_data
+    from finetune_nb.evaluate import TOOL_METRICS
+    params = dict(task="tools", n_train=24, n_test=3, max_steps=2, eval_limit=3, max_new_tokens=4, batch_size=4, logging_steps=1)
+    args = [x for k, v in params.items() for x in ("-p", k, json.dumps(v) if not isinstance(v, str) else v)]
+    rc, out, err = run_cli("run", "local", *args, "--name", "tools-run", "--runs-dir", tmp_path, "--quiet")
+    assert rc == 0, err[-3000:]
+    run_dir = tmp_path/"tools-run"
+    m = _check_run_folder(run_dir, "finetune_local.ipynb", params)
+    r, p = demo_recipe("tools"), json.loads((run_dir/"params.json").read_text())
+    for k, v in {**r["training"], **r["eval"]}.items():                                   # parameters not given: the tools recipe's
+        if k in p and k not in params: assert p[k] == v, (k, p[k], v)
+    assert p["method"] == "full" and p["epochs"] == r["training"]["epochs"]
+    assert m["train"]["steps"] == 2 and m["n_test"] == 3
+    assert [json.loads(l) for l in (run_dir/"data"/"demo_tools_test.jsonl").read_text().splitlines()] == make_tool_demo_data(24, 3, 0)[1]
+    for k in TOOL_METRICS: assert k in m["summary"]["metrics"] and k in m["headline"], k
+    rows = [json.loads(l) for l in (run_dir/"results.jsonl").read_text().splitlines()]
+    assert all(json.loads(row["base"]["expected"])["tool_calls"][0]["name"] in {"create_ticket", "escalate_to_human", "track_parcel"} for row in rows)
+    assert "tool_call_exact_match" in (run_dir/"report.md").read_text() and "tool_call_exact_match" in out
+
+
+def test_run_help_lists_the_task_parameter():
+    rc, out, _ = run_cli("run", "local", "--help")
+    assert rc == 0 and re.search(r"^  task +\"triage\" +bundled demo task", out, re.M), out[-2000:]
+
+
+@pytest.mark.slow
+def test_tools_demo_meets_its_goal(tmp_path, tiny_model_path):
+    "`finetune-nb run local -p task tools` with its defaults: whole-call exact match >= 0.90 fine-tuned, <= 0.10 base, on held-out examples."
+    rc, out, err = run_cli("run", "local", "-p", "task", "tools", "--name", "tools", "--runs-dir", tmp_path, "--quiet")
+    assert rc == 0, err[-3000:]
+    m = json.loads((tmp_path/"tools"/"metrics.json").read_text())
+    h = m["headline"]["tool_call_exact_match"]
+    assert m["n_test"] >= 100 and h["fine_tuned"] >= 0.90 and h["base"] <= 0.10, h
+
+
 def test_openai_pipeline_against_loopback(tmp_path, fake_openai, capfd):
     "The fine-tuned model (per the fake) answers every test ticket right, the base never does."
     from finetune_nb.demo import make_demo_data
