@@ -57,7 +57,9 @@ async def load(base_url:str, model:str, prompts:list, n:int, concurrency:int, ma
                     usage = None
                     async for ch in await client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}): usage = ch.usage or usage
                     tokens += usage.completion_tokens
-                else: tokens += (await client.chat.completions.create(**kw)).usage.completion_tokens
+                else:
+                    r = await client.chat.completions.create(**kw)   # (awaited first: `tokens += await ...` would read `tokens` before the await)
+                    tokens += r.usage.completion_tokens
                 lat.append(time.perf_counter() - t0)
             except Exception as e:
                 errors += 1; print("error:", type(e).__name__, str(e)[:200], file=sys.stderr)
