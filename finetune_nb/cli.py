@@ -303,7 +303,7 @@ def eval_(
     adapter:str|None=None,             # the fine-tuned adapter directory (local)
     fine_tuned_model:str|None=None,    # the fine-tuned model's name (with --base-url), e.g. "ft:gpt-4o-mini:..."
     base_url:str|None=None,            # evaluate through an OpenAI-compatible API instead of loading models here
-    out_dir:str="eval-report",         # where report.md, metrics.json and the plots go
+    out_dir:str|None=None,             # where report.md, metrics.json and the plots go (default <data dir>/runs/eval-FILE_STEM)
     limit:int|None=None,               # evaluate only the first N examples
     max_tokens:int=64,                 # reply length cap
     json_metrics:bool|None=None,       # add JSON validity and per-field accuracy (default: when every reference is a JSON object)
@@ -324,7 +324,7 @@ def eval_(
                            concurrency=1 if not base_url else 8, progress=False)
     results = ev.evaluate_dataset(src, limit=limit)
     summary = ev.summary()
-    files = write_report(summary, out_dir, results=results)
+    files = write_report(summary, out_dir or get_config().runs_dir/f"eval-{src.stem}", results=results)   # with the other runs, not in the cwd
     print(f"report: {files['report']}")
     for k, b in [*summary["metrics"].items(), ("overall", summary["overall"])]:
         if "." not in k: print(f"  {k:22s} base {b['base']['mean']:.3f}  →  fine-tuned {b['fine_tuned']['mean']:.3f}")

@@ -186,3 +186,15 @@ def test_eval_through_an_api(tmp_path, fake_openai):
     em = json.loads((tmp_path/"rep"/"metrics.json").read_text())["summary"]["metrics"]["exact_match"]
     assert (em["base"]["mean"], em["fine_tuned"]["mean"]) == (0.0, 0.25)   # only "answer 1" is right
     assert run_cli("eval", data, "--base-url", fake_openai.base_url)[0] == 2   # needs --fine-tuned-model
+
+
+def test_eval_report_goes_to_the_runs_home_by_default(tmp_path, fake_openai, monkeypatch):
+    "Without --out-dir the report lands with the other runs (<data dir>/runs/eval-<file stem>), not in the working directory."
+    fake_openai.chat_reply = lambda req: "answer 1"
+    data = tmp_path/"held.jsonl"
+    data.write_text("".join(json.dumps(rec(i)) + "\n" for i in range(2)))
+    monkeypatch.setenv("FINETUNE_NB_DATA_DIR", str(tmp_path/"data")); monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli("eval", data, "--base-url", fake_openai.base_url, "--fine-tuned-model", "ft:x")
+    assert rc == 0, err
+    assert (tmp_path/"data"/"runs"/"eval-held"/"metrics.json").exists() and not (tmp_path/"eval-report").exists()
+    assert f"report: {tmp_path/'data'/'runs'/'eval-held'/'report.md'}" in out
