@@ -25,6 +25,8 @@ min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = (cfg.get('dev_requirements') or '').split()
 docs_requirements = (cfg.get('docs_requirements') or '').split()
+# optional engines: [tracking] (MLflow, TensorBoard), [ray], [vllm] (its own venv: it pins transformers), [gguf] (llama.cpp)
+extras = {name: (cfg.get(f'{name}_requirements') or '').split() for name in ('tracking', 'ray', 'vllm', 'gguf')}
 
 package_data = dict()
 pkg_data = cfg.get('package_data', None)
@@ -45,7 +47,7 @@ setuptools.setup(
     packages = setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name']+'.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={ 'dev': dev_requirements, 'docs': docs_requirements },
+    extras_require={ 'dev': dev_requirements, 'docs': docs_requirements, **extras },
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),
