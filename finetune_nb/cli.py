@@ -336,7 +336,7 @@ def migrate(
     all_:bool=False,                   # migrate every job of the account that passes the filters, each with its report, plus a fleet report
     target:str="finetune-nb/tiny",     # the local base model (--to): "finetune-nb/tiny", a Hugging Face id or a path
     base_url:str|None=None,            # the source API (default: OpenAI, key from $OPENAI_API_KEY)
-    folder:str|None=None,              # migration folder; a re-run continues from it (default runs/migrate-JOB_ID, with --all runs/migrate-all)
+    folder:str|None=None,              # migration folder; a re-run continues from it (default `<data dir>/runs/migrate-JOB_ID`, with --all `.../migrate-all`)
     archive:str="archive",             # a folder from `finetune-nb archive`: jobs and files are read from it when it exists
     status:str|None=None,              # with --all: only jobs with this status, e.g. succeeded
     since:str|None=None,               # with --all: only jobs created on or after this date (YYYY-MM-DD)
@@ -362,7 +362,7 @@ def migrate(
     kw.update(target_key_env=target_key_env, max_tokens=max_tokens, cli=True, overrides={"max_steps": max_steps} if max_steps else None)
     src = OpenAIFineTuner(base_url=base_url)
     if all_:
-        r = migrate_all(src, target, folder=folder or "runs/migrate-all", archive=archive, status=status, since=since, model=model,
+        r = migrate_all(src, target, folder=folder, archive=archive, status=status, since=since, model=model,
                         alias_prefix=alias_prefix, **kw)
         if as_json: emit_json(r.to_dict())
         else:
@@ -600,10 +600,11 @@ def run_pipeline(
 def headline_lines(
     run_dir:Path, # a run folder
 )->list[str]:
-    "Where the report is, and the base vs fine-tuned headline numbers of a finished run."
+    "Where the report is, and the before/after headline numbers of a finished run (named as the run names them: base → fine-tuned, SFT → SFT → DPO)."
     m = json.loads((Path(run_dir)/"metrics.json").read_text())
+    before, after = (m.get("labels") or {}).get("base", "base"), (m.get("labels") or {}).get("fine_tuned", "fine-tuned")
     out = [f"report:  {Path(run_dir)/'report.md'}", f"metrics: {Path(run_dir)/'metrics.json'}"]
-    out += [f"  {k:20s} base {v['base']:.3f}  →  fine-tuned {v['fine_tuned']:.3f}" for k, v in m.get("headline", {}).items()]
+    out += [f"  {k:20s} {before} {v['base']:.3f}  →  {after} {v['fine_tuned']:.3f}" for k, v in m.get("headline", {}).items()]
     return out
 
 class _PipelineArg(argparse.Action):

@@ -60,6 +60,11 @@ class JobFailedError(RemoteError):
     def __init__(self, message, job=None, hint=None):
         super().__init__(message, hint); self.job = job
 
+# %% ../nbs/00_core.ipynb #04ff9492
+import warnings
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)   # "Failed to load CPU gemm_4bit_forward from kernels-community"
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
 # %% ../nbs/00_core.ipynb #b195935e
 _KEY_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+[A-Za-z0-9_\-\.]{8,})")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
 from .core import (FinetuneNBError, ConfigError, DataError, RemoteError, ModelLoadError, TrainingError,
-                              atomic_write, atomic_write_json, get_logger, make_client)
+                              atomic_write, atomic_write_json, get_logger, make_client, get_config)
 from .data import validate_file, default_epochs, read_dataset, read_preferences, is_preference_data, split, write_openai_jsonl, write_dataset, to_records
 
 log = get_logger("finetune_nb.migrate")
@@ -150,7 +150,7 @@ class Migration:
     def __init__(self,
         job_id:str,                    # the source job, "ftjob-..."
         base_model:str,                # local base model: "finetune-nb/tiny", a Hugging Face id or a path
-        folder:str|Path|None=None,     # the migration folder (default: runs/migrate-<job_id>); created at the first result
+        folder:str|Path|None=None,     # the migration folder (default: `<data dir>/runs/migrate-<job_id>`, the runs home); created at the first result
         source=None,                   # an `OpenAIFineTuner` or `openai.OpenAI` for the source; default: OpenAI from the environment
         method:str|None=None,          # lora, qlora or full (default: lora; the tiny model's recipe for finetune-nb/tiny)
         target_url:str|None=None,      # a finetune_nb server to train on and deploy to; None = in-process
@@ -177,7 +177,7 @@ class Migration:
         self.source = source
         self.archive = Archive(archive) if isinstance(archive, (str, Path)) else archive
         if alias and not target_url: raise ConfigError("deploying an alias needs a finetune_nb server", hint="pass target_url='http://host:port/v1'")
-        self.state = MigrationState(folder or Path("runs")/f"migrate-{job_id}")
+        self.state = MigrationState(folder or get_config().runs_dir/f"migrate-{job_id}")
         self.folder = self.state.folder
         self.log:list[str] = []
 
@@ -341,10 +341,11 @@ def _target_tuner(self:Migration):
 OPENAI_THREE = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
 def _rejected_param(e:Exception)->str|None:
-    "The hyperparameter a 400 answer names in its `param` (`hyperparameters.X` -> `X`), if any."
+    "The hyperparameter a 400 answer names in its `param` (`hyperparameters.X` or, in a method's object, `method.dpo.hyperparameters.X` -> `X`), if any."
     body = getattr(getattr(e, "__cause__", None), "body", None)
     p = body.get("param") if isinstance(body, dict) else None
-    return p.split(".", 1)[1] if isinstance(p, str) and p.startswith("hyperparameters.") else None
+    m = re.fullmatch(r"(?:method\.[a-z_]+\.)?hyperparameters\.([A-Za-z_][A-Za-z0-9_]*)", p) if isinstance(p, str) else None
+    return m.group(1) if m else None
 
 @patch
 def _create_target_job(self:Migration, tgt, hp:dict, **kw):
@@ -765,7 +766,7 @@ def write_fleet_report(
 def migrate_all(
     source=None,                    # the account: an `OpenAIFineTuner` or `openai.OpenAI` (default: OpenAI from the environment)
     target:str="finetune-nb/tiny",  # the local base model every job is migrated to
-    folder:str|Path="runs/migrate-all", # the fleet folder: fleet.json, fleet-report.md, one folder per job
+    folder:str|Path|None=None,      # the fleet folder: fleet.json, fleet-report.md, one folder per job (default: `<data dir>/runs/migrate-all`)
     archive:str|Path|None="archive",# an archive from `archive_account`: jobs and files are read from it when it exists
     status:str|None=None,           # keep only jobs with this status
     since:str|None=None,            # keep only jobs created on or after this date (YYYY-MM-DD or ISO time)
@@ -776,7 +777,7 @@ def migrate_all(
     "Migrate every matching job of an account, one folder and report each, plus a fleet report; resumable."
     src = _as_tuner(source)
     ar = Archive(archive) if archive is not None and Archive(archive).exists else None
-    folder = Path(folder); path = folder/"fleet.json"
+    folder = Path(folder) if folder is not None else get_config().runs_dir/"migrate-all"; path = folder/"fleet.json"
     state = json.loads(path.read_text()) if path.exists() else {"jobs": {}, "aliases": {}}
     jobs = ar.jobs() if ar is not None else [_dump(j.raw) for j in _source_jobs(src)]
     t0 = parse_since(since)

@@ -198,3 +198,13 @@ def test_eval_report_goes_to_the_runs_home_by_default(tmp_path, fake_openai, mon
     assert rc == 0, err
     assert (tmp_path/"data"/"runs"/"eval-held"/"metrics.json").exists() and not (tmp_path/"eval-report").exists()
     assert f"report: {tmp_path/'data'/'runs'/'eval-held'/'report.md'}" in out
+
+
+def test_headline_lines_name_the_runs_own_before_and_after(tmp_path):
+    "A DPO run says SFT → SFT → DPO, not base → fine-tuned; a run without labels keeps base/fine-tuned."
+    from finetune_nb.cli import headline_lines
+    (tmp_path/"metrics.json").write_text(json.dumps({"headline": {"overall": {"base": 0.5, "fine_tuned": 0.75}},
+                                                     "labels": {"base": "SFT", "fine_tuned": "SFT → DPO"}}))
+    assert headline_lines(tmp_path)[-1].split() == ["overall", "SFT", "0.500", "→", "SFT", "→", "DPO", "0.750"]
+    (tmp_path/"metrics.json").write_text(json.dumps({"headline": {"overall": {"base": 0.5, "fine_tuned": 0.75}}}))
+    assert headline_lines(tmp_path)[-1].split() == ["overall", "base", "0.500", "→", "fine-tuned", "0.750"]

@@ -149,15 +149,14 @@ def site():
 
 
 def _url(base, src):
-    "Page URL of a docs source file with use_directory_urls."
-    stem = src.rsplit(".", 1)[0]
-    return base if stem == "index" else f"{base}{stem}/"
+    "Page URL of a docs source file (use_directory_urls is off: `page.html`, so the site also works opened as files)."
+    return f"{base}{src.rsplit('.', 1)[0]}.html"
 
 
 def test_site_home_has_nav_to_every_chapter_and_a_plot(site):
     cdp, base, nav = site["cdp"], site["base"], site["nav"]
     assert cdp.goto(base) == []
-    chapters = [f for _, f in nav["chapters"] + nav["pipelines"] + nav["api"]]
+    chapters = [f for _, f in nav["tutorials"] + nav["howto"] + nav["chapters"] + nav["pipelines"] + nav["api"]]
     found_nbs = sorted(p.name for p in build_docs.NBS.glob("[0-9]*.ipynb"))
     assert sorted(f for _, f in nav["chapters"]) == found_nbs and len(found_nbs) >= 2   # discovered, not listed
     links = set(cdp.eval("[...document.querySelectorAll('nav a[href]')].map(a => a.href)"))
@@ -172,7 +171,7 @@ def test_site_home_has_nav_to_every_chapter_and_a_plot(site):
 def test_every_chapter_loads_without_console_errors(site):
     cdp, base, nav = site["cdp"], site["base"], site["nav"]
     problems = {}
-    for title, f in nav["chapters"] + nav["pipelines"] + nav["api"]:
+    for title, f in nav["tutorials"] + nav["howto"] + nav["chapters"] + nav["pipelines"] + nav["api"]:
         errs = cdp.goto(_url(base, f))
         h1 = cdp.eval("(document.querySelector('article h1') || {}).textContent || ''")
         if errs or not h1.strip(): problems[f] = errs or ["no h1"]
@@ -181,7 +180,7 @@ def test_every_chapter_loads_without_console_errors(site):
 
 def test_api_reference_shows_docments(site):
     cdp, base = site["cdp"], site["base"]
-    assert cdp.goto(f"{base}api/cli/") == []
+    assert cdp.goto(f"{base}api/cli.html") == []
     text = cdp.eval("document.querySelector('article').innerText")
     assert "def validate(" in text and "print the report as JSON" in text   # the docment of --json
     assert "Check a fine-tuning data file and report every problem" in text   # the docstring
@@ -198,3 +197,58 @@ def test_getting_started_page(site):
     text = cdp.eval("document.querySelector('article').innerText")
     for s in ("pip install", "Colab", "make install", "finetune-nb demo", "<data dir>/runs/<name>/", "progress.log", "status.json"):
         assert s in text, s
+
+
+def _plots(cdp):
+    "The page's inline PNG plots that loaded: [(complete, width, height)]."
+    return cdp.eval("""[...document.querySelectorAll('article img')].filter(i => i.src.startsWith('data:image/png'))
+                       .map(i => [i.complete, i.naturalWidth, i.naturalHeight])""")
+
+
+def test_the_tutorial_path_served_and_opened_as_files(site):
+    "Getting started → each tutorial (in order, each with a plot) → API, over HTTP and from file:// alike; the tutorials' own links resolve."
+    cdp, nav = site["cdp"], site["nav"]
+    titles = [t for t, _ in nav["tutorials"]]
+    assert len(titles) == 5 and [t.split(":")[0] for t in titles] == [f"Tutorial {i}" for i in range(1, 6)], titles
+    assert [f for _, f in nav["howto"]][:4] == [f"howto/{n}.md" for n in ("formats", "qlora_gpu", "serving", "migration")]
+    for base in (site["base"], build_docs.SITE.as_uri() + "/"):
+        path = [nav["start"], *[f for _, f in nav["tutorials"]], *[f for _, f in nav["howto"]], "api/cli.md"]
+        for i, f in enumerate(path):
+            url = _url(base, f)
+            errs = [e for e in cdp.goto(url) if not (base.startswith("file:") and "search" in e.lower())]  # the search index is fetched, which file:// forbids
+            assert errs == [] and cdp.eval("location.href") == url, (url, errs)
+            if f == nav["start"]:   # the page leads to every tutorial
+                links = cdp.eval("[...document.querySelectorAll('article a[href]')].map(a => a.href)")
+                assert all(_url(base, t) in links for _, t in nav["tutorials"]), (url, links)
+            if f.startswith("tutorials/"):
+                plots = _plots(cdp)
+                assert plots and all(c and w > 100 and h > 50 for c, w, h in plots), (url, plots)
+            if i + 1 < len(path) and f.startswith("tutorials/") and path[i+1].startswith("tutorials/"):   # "Next: Tutorial N+1" links on
+                nxt = cdp.eval("[...document.querySelectorAll('article a[href]')].map(a => a.href)")
+                assert _url(base, path[i+1]) in nxt, (url, nxt)
+
+
+def test_every_internal_link_resolves():
+    "Every relative href/src in the built site points at a file that exists (what file:// and a static server both need)."
+    import re, urllib.parse
+    if not (build_docs.SITE/"index.html").exists(): build_docs.build()
+    broken = []
+    for page in build_docs.SITE.rglob("*.html"):
+        if page.name == "404.html": continue   # a server's error page: its links are absolute by design
+        for ref in re.findall(r'(?:href|src)="([^"]+)"', page.read_text(encoding="utf-8", errors="replace")):
+            if re.match(r"[a-z][a-z0-9+.-]*:|#|//", ref): continue          # external, data:, javascript:, in-page
+            target = urllib.parse.unquote(ref.split("#")[0].split("?")[0])
+            if not target: continue
+            p = (page.parent/target).resolve()
+            if p.is_dir(): p = p/"index.html"
+            if not p.exists(): broken.append(f"{page.relative_to(build_docs.SITE)} -> {ref}")
+    assert not broken, broken[:20]
+
+
+def test_chapters_put_their_tests_below_the_narrative(site):
+    "A chapter reads as prose and examples; its test cells come after, under a 'Checks' heading."
+    cdp, base = site["cdp"], site["base"]
+    assert cdp.goto(_url(base, "06_evaluate.ipynb")) == []
+    text = cdp.eval("document.querySelector('article').innerText")
+    assert "Checks" in text and "test_eq(" in text
+    assert text.index("test_eq(") > text.index("This chapter's"), "a test cell shows before the narrative ends"

@@ -126,3 +126,17 @@ def test_dpo_job_migrates_with_its_method_and_beta(fake_openai, toy_model_dir, t
     assert len(held) == 10 and all(r["messages"][-1]["role"] == "assistant" for r in held)   # the prompts with their preferred answers
     assert st["evaluate"]["overall"]["n"] == 4 and res.verdict in ("better", "worse", "equal within CI")
     assert "| method | DPO, beta 0.3 | DPO (TRL), beta 0.3 |" in (folder/"report.md").read_text()
+
+
+def test_a_refused_hyperparameter_is_recognised_flat_or_inside_a_method():
+    "The drop-and-retry knows `hyperparameters.X` and a DPO job's `method.dpo.hyperparameters.X`; nothing else is taken for one."
+    from finetune_nb.migrate import _rejected_param
+    class Answer400(Exception): body = None
+    def refused(param):
+        cause = Answer400("400"); cause.body = {"param": param}
+        e = Exception("refused"); e.__cause__ = cause; return e
+    assert _rejected_param(refused("hyperparameters.lora_r")) == "lora_r"
+    assert _rejected_param(refused("method.dpo.hyperparameters.beta")) == "beta"
+    assert _rejected_param(refused("method.supervised.hyperparameters.lora_alpha")) == "lora_alpha"
+    for other in ("training_file", "method.dpo", "hyperparameters", "hyperparameters.a.b", None):
+        assert _rejected_param(refused(other)) is None

@@ -291,7 +291,7 @@ def test_queue_depth_is_bounded(one_at_a_time):
 def test_a_hung_up_stream_stops_generating(one_at_a_time):
     "Hole 6: requests whose clients hang up stop (a running one within a decoding step, queued ones before they start), streaming or not."
     srv = one_at_a_time
-    already = _counter(srv, "streams_cancelled")
+    already = _counter(srv, "requests_cancelled")
     body = {"model": srv.base_model, "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 400, "temperature": 0, "stream": True}
     clients = [httpx.Client(headers=h(KEY_A), timeout=300) for _ in range(3)]
     streams = [cl.stream("POST", srv.url + "/v1/chat/completions", json=body) for cl in clients]
@@ -301,12 +301,12 @@ def test_a_hung_up_stream_stops_generating(one_at_a_time):
     for s, cl in zip(streams, clients): s.__exit__(None, None, None); cl.close()   # every client hangs up
     deadline, cancelled = time.monotonic() + 120, 0
     while time.monotonic() < deadline and cancelled < 3:
-        cancelled = _counter(srv, "streams_cancelled") - already; time.sleep(0.5)
+        cancelled = _counter(srv, "requests_cancelled") - already; time.sleep(0.5)
     assert cancelled == 3
     # a plain (non-streaming) request whose client gives up stops too
     with pytest.raises(httpx.ReadTimeout): httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json={**body, "stream": False}, timeout=0.3)
     while time.monotonic() < deadline and cancelled < 4:
-        cancelled = _counter(srv, "streams_cancelled") - already; time.sleep(0.2)
+        cancelled = _counter(srv, "requests_cancelled") - already; time.sleep(0.2)
     assert cancelled == 4
     r = httpx.post(srv.url + "/v1/chat/completions", headers=h(KEY_A), json={**body, "stream": False, "max_tokens": 1}, timeout=300)
     assert r.status_code == 200

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the docs site (mkdocs-material + mkdocs-jupyter) from the notebooks, offline.
 
-    python tools/build_docs.py              # → site/ (open site/index.html through any static server)
+    python tools/build_docs.py              # → site/ (open site/index.html as a file, or through any static server)
     python tools/build_docs.py --serve      # build, then serve on http://127.0.0.1:8000
 
 Steps: discover the notebooks (nbs/index.ipynb, every numbered module notebook, nbs/pipelines/*), copy each
@@ -20,14 +20,19 @@ from make_readme import prepare, parse_directives  # noqa: E402
 
 NBS, WORK, SITE = ROOT/"nbs", ROOT/"_docs", ROOT/"site"
 SRC = WORK/"src"
+_LOCAL_PAGE_LINK = re.compile(r"\]\((?![a-z]+:)([^)#\s]+)\.(?:ipynb|md)(#[^)\s]*)?\)")   # ](page.ipynb) / ](../x.md#a): another page of the site
 _REMOTE_IMG = re.compile(r"\[!\[[^\]]*\]\(https?://[^)]*\)\]\([^)]*\)|!\[[^\]]*\]\(https?://[^)]*\)")
 
 
+HOWTO_ORDER = ("formats", "qlora_gpu", "serving", "migration", "scaling_out")   # the how-to pages' order; others follow by name
+
 def discover(nbs:Path=NBS)->dict[str, list[Path]]:
-    "The notebooks that make the site: home, module chapters (numbered), pipelines."
+    "The notebooks that make the site: home, tutorials (in their numbered order), module chapters (numbered), pipelines."
     chapters = sorted(p for p in nbs.glob("*.ipynb") if re.match(r"\d", p.name))
     pipelines = sorted((nbs/"pipelines").glob("*.ipynb")) if (nbs/"pipelines").is_dir() else []
-    return {"home": [nbs/"index.ipynb"] if (nbs/"index.ipynb").exists() else [], "chapters": chapters, "pipelines": pipelines}
+    tutorials = sorted((nbs/"tutorials").glob("[0-9]*.ipynb")) if (nbs/"tutorials").is_dir() else []
+    howto = sorted((nbs/"howto").glob("*.md"), key=lambda p: (HOWTO_ORDER.index(p.stem) if p.stem in HOWTO_ORDER else len(HOWTO_ORDER), p.stem)) if (nbs/"howto").is_dir() else []
+    return {"home": [nbs/"index.ipynb"] if (nbs/"index.ipynb").exists() else [], "tutorials": tutorials, "howto": howto, "chapters": chapters, "pipelines": pipelines}
 
 
 def nb_info(path:Path)->dict:
@@ -45,12 +50,31 @@ def nb_info(path:Path)->dict:
     return {"title": title or path.stem, "module": module, "nb": nb}
 
 
-def copy_notebook(nb, dest:Path):
-    "Write `nb` for the site: hidden cells and directives gone, remote images dropped, no widget state."
+_CHECK_LINE = re.compile(r"(test_\w+\(|assert\b)")
+
+def is_check(cell)->bool:
+    "A cell that only tests (no output, no definition, some top-level `test_*(`/`assert`): a reader skips it."
+    if cell.cell_type != "code" or cell.get("outputs"): return False
+    top = [l for l in cell.source.splitlines() if l and not l[0].isspace()]
+    return not any(l.startswith(("def ", "class ", "async def ", "@")) for l in top) and any(_CHECK_LINE.match(l) for l in top)
+
+def _checks_last(cells:list)->list:
+    "The narrative first; the test cells after it, under a heading of their own."
+    import nbformat
+    checks = [c for c in cells if is_check(c)]
+    if not checks: return cells
+    head = nbformat.v4.new_markdown_cell(f"## Checks\n\nThis chapter's {len(checks)} test cells (run by `nbdev_test`), moved below the narrative.")
+    return [c for c in cells if not is_check(c)] + [head] + checks
+
+def copy_notebook(nb, dest:Path, home:bool=False, checks_last:bool=False):
+    "Write `nb` for the site: hidden cells and directives gone, remote images dropped, no widget state (the home page's `nbs/` links made site-relative)."
     import nbformat
     nb = prepare(nb, text_only=False)
     for c in nb.cells:
         if c.cell_type == "markdown": c.source = _REMOTE_IMG.sub("", c.source).strip()
+        if home and c.cell_type == "markdown": c.source = c.source.replace("](nbs/", "](")   # README links point into nbs/; the site is nbs/
+        if c.cell_type == "markdown": c.source = _LOCAL_PAGE_LINK.sub(lambda m: f"]({m[1]}.html{m[2] or ''})", c.source)   # nbconvert leaves links as written
+    if checks_last: nb.cells = _checks_last(nb.cells)
     nb.metadata.pop("widgets", None)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     nb.metadata.setdefault("language_info", {"name": "python"})
@@ -138,14 +162,22 @@ def write_site_sources()->dict:
     "Copy notebooks and write API pages and mkdocs.yml under _docs/; returns the nav structure."
     if SRC.exists(): shutil.rmtree(SRC)
     SRC.mkdir(parents=True)
-    found, nav = discover(), {"home": None, "chapters": [], "pipelines": [], "api": []}
+    found, nav = discover(), {"home": None, "tutorials": [], "howto": [], "chapters": [], "pipelines": [], "api": []}
     for p in found["home"]:
-        copy_notebook(nb_info(p)["nb"], SRC/"index.ipynb"); nav["home"] = "index.ipynb"
+        copy_notebook(nb_info(p)["nb"], SRC/"index.ipynb", home=True); nav["home"] = "index.ipynb"
+    for p in found["tutorials"]:
+        info = nb_info(p)
+        copy_notebook(info["nb"], SRC/"tutorials"/p.name)
+        nav["tutorials"].append((info["title"], f"tutorials/{p.name}"))
     if (NBS/"getting_started.md").exists():   # install (pip / Colab / clone), the demo, where outputs go
         shutil.copyfile(NBS/"getting_started.md", SRC/"getting_started.md"); nav["start"] = "getting_started.md"
+    for p in found["howto"]:   # markdown pages: title from the first heading
+        (SRC/"howto").mkdir(exist_ok=True); shutil.copyfile(p, SRC/"howto"/p.name)
+        m = re.search(r"^#\s+(.+)$", p.read_text(encoding="utf-8"), re.M)
+        nav["howto"].append((m[1].strip() if m else p.stem, f"howto/{p.name}"))
     for p in found["chapters"]:
         info = nb_info(p)
-        copy_notebook(info["nb"], SRC/p.name)
+        copy_notebook(info["nb"], SRC/p.name, checks_last=True)
         nav["chapters"].append((info["title"], p.name))
         if info["module"]:
             (SRC/"api").mkdir(exist_ok=True)
@@ -157,7 +189,7 @@ def write_site_sources()->dict:
         nav["pipelines"].append((info["title"], f"pipelines/{p.name}"))
     cfg = [f"site_name: {_yaml('finetune_nb')}",
            f"site_description: {_yaml('From raw examples to a deployed fine-tuned LLM, in Jupyter.')}",
-           "docs_dir: src", f"site_dir: {_yaml(str(SITE))}", "use_directory_urls: true",
+           "docs_dir: src", f"site_dir: {_yaml(str(SITE))}", "use_directory_urls: false",   # page.html links: the site works opened as files too
            "theme:", "  name: material", "  font: false", "  features: [navigation.sections, navigation.top, content.code.copy]",
            "plugins:", "  - search",
            "  - mkdocs-jupyter:", "      include_source: true", "      execute: false", "      include_requirejs: false",
@@ -166,7 +198,7 @@ def write_site_sources()->dict:
            "nav:"]
     if nav["home"]: cfg.append(f"  - Home: {nav['home']}")
     if nav.get("start"): cfg.append(f"  - Getting started: {nav['start']}")
-    for sec, key in (("Chapters", "chapters"), ("Pipelines", "pipelines"), ("API reference", "api")):
+    for sec, key in (("Tutorials", "tutorials"), ("How-to guides", "howto"), ("Chapters", "chapters"), ("Pipelines", "pipelines"), ("API reference", "api")):
         if nav[key]:
             cfg.append(f"  - {sec}:")
             cfg += [f"    - {_yaml(t)}: {_yaml(f)}" for t, f in nav[key]]
@@ -192,7 +224,7 @@ def main(argv=None)->int:
     a = ap.parse_args(argv)
     nav = build()
     n = len(nav["chapters"]) + len(nav["pipelines"])
-    print(f"build_docs: {n} chapters, {len(nav['api'])} API pages → {SITE}/index.html")
+    print(f"build_docs: {len(nav['tutorials'])} tutorials, {n} chapters, {len(nav['api'])} API pages → {SITE}/index.html")
     if a.serve:
         import functools, http.server
         h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SITE))

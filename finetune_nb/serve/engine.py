@@ -285,7 +285,7 @@ class Batcher:
         self.pool,self.max_batch,self.wait_s,self.max_wait_s = pool,max(1, max_batch),wait_ms/1000,max_wait_ms/1000
         self._generate = generate or infer.generate_chat
         self._q,self._stop,self._expect = queue.Queue(),threading.Event(),1
-        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0, "queue_full": 0, "streams_cancelled": 0, "streams": 0}
+        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0, "queue_full": 0, "requests_cancelled": 0, "streams": 0}
         self._thread,self.max_queue,self._inflight,self._count_lock,self._gone = None,max(1, max_queue),0,threading.Lock(),{}
 
     def start(self):
@@ -376,7 +376,7 @@ def _gone_check(self:Batcher, req:GenRequest)->Callable|None:
 def _abandoned(self:Batcher, req:GenRequest)->bool:
     gone = self._gone.get(id(req))
     if gone is not None and gone.is_set():
-        self._gone.pop(id(req), None); self.stats["streams_cancelled"] += 1; return True
+        self._gone.pop(id(req), None); self.stats["requests_cancelled"] += 1; return True
     return False
 
 # %% ../../nbs/07c_engine.ipynb #3b0c1b8b
