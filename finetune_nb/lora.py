@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_lora.ipynb #36f61045
 from __future__ import annotations
-import functools, math, re, tempfile, time, threading
+import contextlib, functools, math, os, re, tempfile, time, threading
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -21,9 +21,9 @@ log = get_logger("finetune_nb.lora")
 
 # %% auto #0
 __all__ = ['log', 'METHODS', 'OBJECTIVES', 'PRECISIONS', 'COMPUTE_DTYPES', 'REFERENCE_LR', 'SCHEDULERS', 'OPENAI_HYPERPARAMETERS',
-           'DPO_HYPERPARAMETERS', 'LOCAL_HYPERPARAMETERS', 'synonyms', 'LoRAConfig', 'TrainingConfig',
+           'DPO_HYPERPARAMETERS', 'LOCAL_HYPERPARAMETERS', 'TRACKING_HINT', 'synonyms', 'LoRAConfig', 'TrainingConfig',
            'HyperparameterError', 'check_hyperparameters', 'has_generation_markers', 'tokenize_conversation',
-           'tokenize_dataset', 'ChatCollator', 'TrainResult', 'LocalFineTuner']
+           'tokenize_dataset', 'ChatCollator', 'TrainResult', 'resolve_report_to', 'tracking_env', 'LocalFineTuner']
 
 # %% ../nbs/05_lora.ipynb #3a5dddb8
 def synonyms(**names):
@@ -118,12 +118,16 @@ class TrainingConfig:
     output_dir:str|None=None      # where the run is written (default: a new folder under the data dir's runs/)
     objective:str="sft"           # "sft" (chat data, assistant-only loss) or "dpo" (preference pairs, TRL's DPOTrainer)
     beta:float=0.1                # DPO: how strongly the policy is held to the reference (higher: closer)
+    report_to:str|list[str]|None="auto" # experiment trackers ("tensorboard", "mlflow", "wandb", "trackio"); "auto": TensorBoard into the run folder when installed; "none"/None: off
 
     def __post_init__(self):
         if self.method in OBJECTIVES:   # TrainingConfig(method="dpo"): the objective; the adapter is LoRA (QLoRA with load_in_4bit)
             if self.objective not in ("sft", self.method): raise ConfigError(f"TrainingConfig(method={self.method!r}, objective={self.objective!r}) disagree")
             self.objective, self.method = self.method, "qlora" if self.load_in_4bit else "lora"
         if self.objective not in OBJECTIVES: raise ConfigError(f"TrainingConfig.objective={self.objective!r}", hint=f"use one of {OBJECTIVES}")
+        if self.report_to is None: self.report_to = "none"
+        if not (isinstance(self.report_to, str) or isinstance(self.report_to, (list, tuple)) and all(isinstance(r, str) for r in self.report_to)):
+            raise ConfigError(f"TrainingConfig.report_to={self.report_to!r}", hint='a tracker name, a list of them, "auto" or "none"')
         if not self.beta > 0: raise ConfigError(f"TrainingConfig.beta={self.beta}", hint="DPO's beta is a positive number, e.g. 0.1")
         if self.load_in_4bit and self.method == "lora": self.method = "qlora"
         if self.method not in METHODS: raise ConfigError(f"TrainingConfig.method={self.method!r}", hint=f"use one of {METHODS + OBJECTIVES}")
@@ -479,6 +483,43 @@ def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Ev
                 self.stopped = control.should_training_stop = control.should_save = True
     return Bridge()
 
+# %% ../nbs/05_lora.ipynb #6623ccbb
+TRACKING_HINT = "pip install 'finetune_nb[tracking]' (mlflow, tensorboard), or pip install wandb / trackio"
+_TRACKING_ENV_LOCK = threading.Lock()
+
+def resolve_report_to(
+    report_to:str|list[str]|None, # `TrainingConfig.report_to`
+)->list[str]:                     # the trackers the trainer reports to ([] for none)
+    "The trackers a run reports to: \"auto\" is TensorBoard when installed (else none, with one notice); a named tracker that is unknown or not installed is a `ConfigError`."
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+    if report_to in (None, "none", ["none"]): return []
+    have = get_available_reporting_integrations()
+    if report_to == "auto":
+        if "tensorboard" in have: return ["tensorboard"]
+        if not getattr(resolve_report_to, "warned", False):
+            log.warning("report_to='auto': tensorboard is not installed, so runs are not tracked (%s)", TRACKING_HINT); resolve_report_to.warned = True
+        return []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if names == ["all"]: return have
+    for n in names:
+        if n not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"TrainingConfig.report_to: unknown tracker {n!r}", hint=f"use \"auto\", \"none\" or some of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+        if n not in have: raise ConfigError(f"TrainingConfig.report_to: {n!r} is not installed", hint=TRACKING_HINT)
+    return names
+
+@contextlib.contextmanager
+def tracking_env(
+    report_to,           # the trainer's resolved `report_to`
+    output_dir:str|Path, # the run folder
+):
+    "While a trainer is built: TensorBoard writes into `<output_dir>/tensorboard` (unless `TENSORBOARD_LOGGING_DIR` is set)."
+    if "tensorboard" not in ([report_to] if isinstance(report_to, str) else report_to or []) or os.environ.get("TENSORBOARD_LOGGING_DIR"):
+        yield; return
+    with _TRACKING_ENV_LOCK:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(output_dir)/"tensorboard")
+        try: yield
+        finally: os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+
 # %% ../nbs/05_lora.ipynb #42b56471
 def _destroy_process_group():
     import torch.distributed as dist
@@ -571,7 +612,7 @@ class LocalFineTuner:
             activation_checkpointing=tc.gradient_checkpointing and not tc.load_in_4bit,
             activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
             train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
-            include_num_input_tokens_seen="non_padding", remove_unused_columns=False, report_to="none",
+            include_num_input_tokens_seen="non_padding", remove_unused_columns=False, report_to=resolve_report_to(tc.report_to) or "none",
             disable_tqdm=not tc.progress, ddp_find_unused_parameters=False, dataloader_num_workers=0, **extra)
 
     def train(self,
@@ -598,10 +639,12 @@ class LocalFineTuner:
             raise TrainingError(f"checkpoint {resume_from_checkpoint} does not exist", hint=f"pass a checkpoint-N folder under {self.output_dir} or True")
         history = []
         bridge = _bridge(history, callbacks, stop_event)
-        trainer = Trainer(model=self.model, args=self._training_args(eval_ds is not None), train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing,
-                                                     pad_to_multiple_of=8 if default_device() == "cuda" else None),   # tensor-core shapes
-                          processing_class=self.tokenizer, callbacks=[bridge])
+        args = self._training_args(eval_ds is not None)
+        with tracking_env(args.report_to, self.output_dir):
+            trainer = Trainer(model=self.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                              data_collator=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing,
+                                                         pad_to_multiple_of=8 if default_device() == "cuda" else None),   # tensor-core shapes
+                              processing_class=self.tokenizer, callbacks=[bridge])
         if not tc.progress: trainer.remove_callback(PrinterCallback)
         _clean_exit_when_distributed()   # the Trainer has joined the process group by now
         cfg = self.model.config
@@ -680,8 +723,9 @@ def _train_dpo(self:LocalFineTuner, train_data, eval_data=None, resume_from_chec
         bridge = _bridge(history, callbacks, stop_event)
         args = self._training_args(eval_ds is not None, DPOConfig, beta=tc.beta, max_length=tc.max_length,
                                    precompute_ref_log_probs=self.method == "full", dataset_num_proc=None)
-        trainer = DPOTrainer(model=self.model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=self.tokenizer, callbacks=[bridge], peft_config=peft_config)
+        with tracking_env(args.report_to, self.output_dir):
+            trainer = DPOTrainer(model=self.model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                 processing_class=self.tokenizer, callbacks=[bridge], peft_config=peft_config)
     if not tc.progress: trainer.remove_callback(PrinterCallback)
     _clean_exit_when_distributed()
     self.model = trainer.model
