@@ -802,6 +802,92 @@ def merge_and_save(self:LocalFineTuner,
     atomic_write_json(dir/"finetune_nb.json", {**_meta(self), "merged": True})
     return dir
 
+# %% ../nbs/05_lora.ipynb #453515bc
+def _shard_units(model)->list:
+    "The modules FSDP2 shards one by one: the model's decoder layers (its `_no_split_modules` classes)."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    units = [m for m in base.modules() if type(m).__name__ in names]
+    if not units: raise TrainingError(f"no decoder layers found to shard in {type(base).__name__}", hint="train_fsdp needs a transformers model that declares _no_split_modules")
+    return units
+
+@patch
+def train_fsdp(self:LocalFineTuner,
+    train_data,                     # anything finetune_nb.data.to_records accepts
+    callbacks:list[Callable]|None=None, # plain callables, each called (on rank 0) with a dict per logging step
+    stop_event:threading.Event|None=None, # set it (on any rank) to stop after the current step
+)->TrainResult:
+    "Train with FSDP2 (`fully_shard` per decoder layer + root) on the processes `torchrun` started; rank 0 saves the gathered adapter (or model)."
+    import torch, torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
+    from torch.utils.data import DataLoader, DistributedSampler
+    from transformers import get_scheduler
+    tc = self.training_config
+    if tc.load_in_4bit: raise ConfigError("train_fsdp does not shard 4-bit (QLoRA) weights", hint="use method='lora' or 'full', or train() for QLoRA")
+    if not dist.is_initialized():
+        if "RANK" not in os.environ: raise TrainingError("train_fsdp runs on processes started by torchrun", hint="torchrun --nproc_per_node N script.py, or finetune-nb train --nproc N --fsdp")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    _clean_exit_when_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    if dev.type == "cuda": torch.cuda.set_device(dev)
+    self.load()
+    model, mesh = self.model, init_device_mesh(dev.type, (world,))
+    for unit in _shard_units(model): fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    ds, rep = tokenize_dataset(self.tokenizer, train_data, tc.max_length, "train")
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed)
+    dl = DataLoader(ds, batch_size=tc.batch_size, sampler=sampler, collate_fn=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing))
+    total = tc.max_steps or max(1, math.ceil(len(dl) / tc.grad_accum * tc.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = get_scheduler(tc.lr_scheduler, opt, num_warmup_steps=int(tc.warmup if tc.warmup >= 1 else math.ceil(tc.warmup * total)), num_training_steps=total)
+    cfg = model.config
+    use_cache, cfg.use_cache = getattr(cfg, "use_cache", None), False
+    history, step, epoch, micro, tokens, window, stopped, t0 = [], 0, 0, 0, 0, [], False, time.perf_counter()
+    model.train()
+    while step < total and not stopped:
+        sampler.set_epoch(epoch)
+        for batch in dl:
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            tokens += int(batch["input_ids"].numel()) if tc.packing else int(batch["attention_mask"].sum())
+            loss = model(**batch).loss
+            (loss / tc.grad_accum).backward()
+            window.append(float(loss.detach())); micro += 1
+            if micro % tc.grad_accum: continue
+            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            opt.step(); sched.step(); opt.zero_grad(set_to_none=True); step += 1
+            if step % tc.logging_steps == 0 or step == total:
+                mean = torch.tensor([sum(window) / len(window)], device=dev); dist.all_reduce(mean); window = []
+                rec = {"step": step, "epoch": epoch + micro / len(dl), "loss": float(mean) / world, "learning_rate": sched.get_last_lr()[0]}
+                history.append(rec)
+                for cb in (callbacks or []) if rank == 0 else []:
+                    try: cb(dict(rec))
+                    except Exception as e: log.warning("training callback %r failed: %s", cb, e)
+            stopped = _any_rank(stop_event is not None and stop_event.is_set(), dev)
+            if step >= total or stopped: break
+        epoch += 1; micro = 0
+    seconds = time.perf_counter() - t0
+    cfg.use_cache = use_cache
+    model.eval()
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))   # a collective: every rank
+    n = torch.tensor([tokens], device=dev); dist.all_reduce(n)
+    adapter_dir = self.output_dir/("model" if self.method == "full" else "adapter")
+    losses = [h["loss"] for h in history]
+    res = TrainResult(output_dir=str(self.output_dir), adapter_dir=str(adapter_dir), method=self.method, loss_history=history,
+                      final_loss=losses[-1] if losses else None, eval_loss=None, train_tokens=int(n), steps=step, seconds=seconds,
+                      stopped=stopped, data_report=rep)
+    if rank == 0:
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(adapter_dir), state_dict=sd)   # peft keeps the adapter's weights of the full state dict
+        self.tokenizer.save_pretrained(str(adapter_dir))
+        atomic_write_json(adapter_dir/"finetune_nb.json", {**_meta(self), "sharded": {"fsdp": 2, "world_size": world}})
+        atomic_write_json(self.output_dir/"train_result.json", res.to_dict())
+    dist.barrier()
+    return res
+
 # %% ../nbs/05_lora.ipynb #f7eff062
 @patch
 def generate(self:LocalFineTuner,

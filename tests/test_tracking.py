@@ -90,3 +90,45 @@ def test_server_job_tracked_in_mlflow_and_wandb_skip_explained(start_server, tmp
     params = runs[0].data.params
     assert params["training.max_steps"] == "3" and params["lora.r"] == "8" and params["fine_tuned_model"] == j.fine_tuned_model
     assert any(f"MLflow run {runs[0].info.run_id}" in e.message for e in events)
+
+# --- sharded training: FSDP2 on 2 CPU processes ---------------------------------------------------------------------
+
+def test_fsdp2_two_cpu_processes_train_lora_and_the_gathered_adapter_loads(toy_model_dir, tmp_path):
+    "torchrun, 2 CPU processes (gloo): each holds half of every weight, both train 7 steps, rank 0's gathered adapter loads."
+    script = tmp_path/"train_fsdp.py"
+    script.write_text(f"""
+import json, os, sys
+sys.path.insert(0, {str(ROOT/'tests')!r})
+import torch, torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from fixtures_lora import toy_split
+from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
+ft = LocalFineTuner({toy_model_dir!r}, LoRAConfig(target_modules="all-linear"),
+                    TrainingConfig(epochs=1, batch_size=4, grad_accum=1, lr=1e-2, logging_steps=1, progress=False, save_steps=None, report_to="none"),
+                    output_dir={str(tmp_path/'out')!r})
+res = ft.train_fsdp(toy_split()[0])
+name, p = next((n, p) for n, p in ft.model.named_parameters() if "layers.0.self_attn.q_proj.base_layer.weight" in n)
+lora_b = {{n: p.full_tensor().sum().item() for n, p in ft.model.named_parameters() if "lora_B" in n}}
+info = dict(rank=dist.get_rank(), world=dist.get_world_size(), backend=dist.get_backend(), steps=res.steps, losses=[h["loss"] for h in res.loss_history],
+            dtensor=isinstance(p, DTensor), local_rows=p.to_local().shape[0], full_rows=p.shape[0], lora_b=lora_b)
+json.dump(info, open(os.path.join({str(tmp_path)!r}, f"rank{{info['rank']}}.json"), "w"))
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    infos = [json.loads((tmp_path/f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["world"] for i in infos] == [2, 2] and infos[0]["backend"] == "gloo"
+    # really sharded (not one whole model per process): each process holds half of the rows of a decoder weight
+    assert all(i["dtensor"] and i["local_rows"] * 2 == i["full_rows"] for i in infos)
+    # the 56 examples are split: 28 a process, 7 steps of 4; the logged losses are the mean over both processes
+    assert infos[0]["steps"] == infos[1]["steps"] == 7 and infos[0]["losses"] == pytest.approx(infos[1]["losses"])
+    assert infos[0]["losses"][-1] < infos[0]["losses"][0]
+    # rank 0's gathered adapter loads, and holds the trained weights (lora_B starts at zero)
+    ad = tmp_path/"out"/"adapter"
+    assert (ad/"adapter_model.safetensors").exists() and json.loads((ad/"finetune_nb.json").read_text())["sharded"]["world_size"] == 2
+    ft = LocalFineTuner(toy_model_dir).load_adapter(ad)
+    loaded = {n: p.sum().item() for n, p in ft.model.named_parameters() if "lora_B" in n}
+    assert sorted(loaded) == sorted(infos[0]["lora_b"]) and len(loaded) > 0
+    assert [loaded[n] for n in sorted(loaded)] == pytest.approx([infos[0]["lora_b"][n] for n in sorted(loaded)], rel=1e-5, abs=1e-7)
+    assert any(abs(v) > 0 for v in loaded.values())
