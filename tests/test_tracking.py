@@ -132,3 +132,21 @@ json.dump(info, open(os.path.join({str(tmp_path)!r}, f"rank{{info['rank']}}.json
     assert sorted(loaded) == sorted(infos[0]["lora_b"]) and len(loaded) > 0
     assert [loaded[n] for n in sorted(loaded)] == pytest.approx([infos[0]["lora_b"][n] for n in sorted(loaded)], rel=1e-5, abs=1e-7)
     assert any(abs(v) > 0 for v in loaded.values())
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [True, False])
+def test_cli_train_nproc_two(toy_model_dir, tmp_path, fsdp):
+    "`finetune-nb train --nproc 2 [--fsdp]` starts 2 processes under torchrun; rank 0 prints the result once and saves the adapter."
+    sys.path.insert(0, str(ROOT/"tests"))
+    from fixtures_lora import toy_split
+    from finetune_nb.data import write_dataset
+    data = tmp_path/"train.jsonl"; write_dataset(toy_split()[0], data)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    cmd = [str(Path(sys.executable).parent/"finetune-nb"), "train", str(data), "--base-model", toy_model_dir, "--output-dir", str(tmp_path/"out"),
+           "--epochs", "1", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-2", "--report-to", "none", "--nproc", "2", "--json", *(["--fsdp"] if fsdp else [])]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    docs = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    assert len(docs) == 1 and docs[0]["steps"] == 7, p.stdout[-2000:]   # 56 examples over 2 processes, 4 a batch: 7 steps (one process: 14)
+    assert (tmp_path/"out"/"adapter"/"adapter_model.safetensors").exists()
+    LocalFineTuner(toy_model_dir).load_adapter(tmp_path/"out"/"adapter")
