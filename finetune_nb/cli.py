@@ -314,7 +314,7 @@ def train(
 )->int:
     "Fine-tune a local model on a data file; saves the adapter (or model) and prints the losses."
     if fsdp and (val_file or resume or method == "qlora"): raise UsageError("--fsdp trains without --val-file, --resume or --method qlora")
-    if (nproc > 1 or fsdp) and "RANK" not in os.environ: return torchrun(nproc, ["train", *command_argv(train, locals())])
+    if (nproc > 1 or fsdp) and "RANK" not in os.environ: return torchrun(nproc, ["train", *command_argv(train, {**locals(), "nproc": 1})])   # (torchrun would take --nproc for its own)
     from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
     src, val = _need_file(file), (_need_file(val_file) if val_file else None)
     tm = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",") if t.strip()]
