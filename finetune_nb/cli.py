@@ -13,8 +13,8 @@ from .core import FinetuneNBError, ConfigError, DataError, get_config
 # %% auto #0
 __all__ = ['COMMANDS', 'FORMAT', 'METHOD', 'PIPELINES_DIR', 'PIPELINES', 'command', 'make_parser', 'emit_json', 'json_mode',
            'UsageError', 'main', 'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split', 'dedupe',
-           'train', 'eval_', 'migrate', 'archive', 'jobs', 'env_info', 'parse_param', 'pipeline_path',
-           'pipeline_params', 'Progress', 'run_pipeline', 'headline_lines', 'run', 'demo', 'serve']
+           'command_argv', 'torchrun', 'train', 'eval_', 'migrate', 'archive', 'jobs', 'env_info', 'parse_param',
+           'pipeline_path', 'pipeline_params', 'Progress', 'run_pipeline', 'headline_lines', 'run', 'demo', 'serve']
 
 # %% ../nbs/10_cli.ipynb #1d6c54a9
 COMMANDS:dict = {}  # name -> (function, extra argparse kwargs per parameter)
@@ -259,6 +259,33 @@ def dedupe(
         if len(res["duplicates"]) > 10: print(f"  ... and {len(res['duplicates']) - 10} more")
     return 0
 
+# %% ../nbs/10_cli.ipynb #7c3e03e1
+def command_argv(
+    f,        # a registered command
+    kw:dict,  # its arguments
+)->list[str]: # the command line (without the command's name) that calls `f` with `kw`
+    "The arguments that make `finetune-nb` call `f(**kw)` (defaults left out), e.g. to start a command again in other processes."
+    out = []
+    for k, v in docments(f, full=True, returns=False, eval_str=True).items():
+        val = kw.get(k, v["default"])
+        if v["default"] is inspect.Parameter.empty: out.append(str(val)); continue
+        if val is None or val is False or val == v["default"]: continue
+        flag = f"--{k.replace('_', '-')}"
+        if val is True: out.append(flag)
+        elif isinstance(val, (list, tuple)): out += [flag, *map(str, val)]
+        else: out += [flag, str(val)]
+    return out
+
+def torchrun(
+    nproc:int,       # processes on this machine
+    argv:list[str],  # the finetune-nb command line every process runs
+)->int:              # the launcher's exit status
+    "Run `finetune-nb ARGV` on `nproc` local processes under torchrun."
+    import subprocess
+    if nproc < 1: raise UsageError(f"--nproc {nproc}: use a positive number of processes")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "finetune_nb.cli", *argv]
+    return subprocess.run(cmd).returncode
+
 # %% ../nbs/10_cli.ipynb #fd58c135
 METHOD = Literal["lora", "qlora", "full"]
 
@@ -281,16 +308,22 @@ def train(
     seed:int=42,                       # model init and data order
     resume:bool=False,                 # resume from the newest checkpoint in --output-dir
     json:bool=False,                   # print the result as JSON
+    report_to:str="auto",              # experiment trackers: "auto" (TensorBoard in the run folder when installed), "none", or names, comma-separated (mlflow,tensorboard)
+    nproc:int=1,                       # train on this many processes (torchrun): DDP, or FSDP2 with --fsdp; without GPUs they share the CPU over gloo
+    fsdp:bool=False,                   # shard every weight across the processes with FSDP2 (lora or full; no --val-file or --resume)
 )->int:
     "Fine-tune a local model on a data file; saves the adapter (or model) and prints the losses."
+    if fsdp and (val_file or resume or method == "qlora"): raise UsageError("--fsdp trains without --val-file, --resume or --method qlora")
+    if (nproc > 1 or fsdp) and "RANK" not in os.environ: return torchrun(nproc, ["train", *command_argv(train, {**locals(), "nproc": 1})])   # (torchrun would take --nproc for its own)
     from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
     src, val = _need_file(file), (_need_file(val_file) if val_file else None)
     tm = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",") if t.strip()]
     ft = LocalFineTuner(base_model, LoRAConfig(r=lora_r, alpha=lora_alpha, target_modules=tm),
                         TrainingConfig(method=method, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                                       grad_accum=grad_accum, max_length=max_length, seed=seed),
+                                       grad_accum=grad_accum, max_length=max_length, seed=seed, report_to=report_to.split(",") if "," in report_to else report_to),
                         output_dir=output_dir)
-    res = ft.train(src, eval_data=val, resume_from_checkpoint=True if resume else None)
+    res = ft.train_fsdp(src) if fsdp else ft.train(src, eval_data=val, resume_from_checkpoint=True if resume else None)
+    if int(os.environ.get("RANK", 0)): return 0   # under torchrun: rank 0 reports
     if json:
         emit_json(res.to_dict())
     else: print(f"{res.steps} steps in {res.seconds:.0f}s: final loss {res.final_loss}, eval loss {res.eval_loss}\nsaved: {res.adapter_dir}")
@@ -698,3 +731,7 @@ def serve(
                base_models=base_model, model_map=model_map, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_loaded=max_loaded, max_queue=max_queue,
                run_jobs=not no_jobs)
     return 0
+
+# %% ../nbs/10_cli.ipynb #77319eb6
+#| eval: false
+if __name__ == "__main__": sys.exit(main())   # `python -m finetune_nb.cli`, as torchrun starts each process

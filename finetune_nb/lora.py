@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_lora.ipynb #36f61045
 from __future__ import annotations
-import functools, math, re, tempfile, time, threading
+import contextlib, functools, math, os, re, tempfile, time, threading
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -21,9 +21,9 @@ log = get_logger("finetune_nb.lora")
 
 # %% auto #0
 __all__ = ['log', 'METHODS', 'OBJECTIVES', 'PRECISIONS', 'COMPUTE_DTYPES', 'REFERENCE_LR', 'SCHEDULERS', 'OPENAI_HYPERPARAMETERS',
-           'DPO_HYPERPARAMETERS', 'LOCAL_HYPERPARAMETERS', 'synonyms', 'LoRAConfig', 'TrainingConfig',
+           'DPO_HYPERPARAMETERS', 'LOCAL_HYPERPARAMETERS', 'TRACKING_HINT', 'synonyms', 'LoRAConfig', 'TrainingConfig',
            'HyperparameterError', 'check_hyperparameters', 'has_generation_markers', 'tokenize_conversation',
-           'tokenize_dataset', 'ChatCollator', 'TrainResult', 'LocalFineTuner']
+           'tokenize_dataset', 'ChatCollator', 'TrainResult', 'resolve_report_to', 'tracking_env', 'LocalFineTuner']
 
 # %% ../nbs/05_lora.ipynb #3a5dddb8
 def synonyms(**names):
@@ -118,12 +118,16 @@ class TrainingConfig:
     output_dir:str|None=None      # where the run is written (default: a new folder under the data dir's runs/)
     objective:str="sft"           # "sft" (chat data, assistant-only loss) or "dpo" (preference pairs, TRL's DPOTrainer)
     beta:float=0.1                # DPO: how strongly the policy is held to the reference (higher: closer)
+    report_to:str|list[str]|None="auto" # experiment trackers ("tensorboard", "mlflow", "wandb", "trackio"); "auto": TensorBoard into the run folder when installed; "none"/None: off
 
     def __post_init__(self):
         if self.method in OBJECTIVES:   # TrainingConfig(method="dpo"): the objective; the adapter is LoRA (QLoRA with load_in_4bit)
             if self.objective not in ("sft", self.method): raise ConfigError(f"TrainingConfig(method={self.method!r}, objective={self.objective!r}) disagree")
             self.objective, self.method = self.method, "qlora" if self.load_in_4bit else "lora"
         if self.objective not in OBJECTIVES: raise ConfigError(f"TrainingConfig.objective={self.objective!r}", hint=f"use one of {OBJECTIVES}")
+        if self.report_to is None: self.report_to = "none"
+        if not (isinstance(self.report_to, str) or isinstance(self.report_to, (list, tuple)) and all(isinstance(r, str) for r in self.report_to)):
+            raise ConfigError(f"TrainingConfig.report_to={self.report_to!r}", hint='a tracker name, a list of them, "auto" or "none"')
         if not self.beta > 0: raise ConfigError(f"TrainingConfig.beta={self.beta}", hint="DPO's beta is a positive number, e.g. 0.1")
         if self.load_in_4bit and self.method == "lora": self.method = "qlora"
         if self.method not in METHODS: raise ConfigError(f"TrainingConfig.method={self.method!r}", hint=f"use one of {METHODS + OBJECTIVES}")
@@ -479,6 +483,43 @@ def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Ev
                 self.stopped = control.should_training_stop = control.should_save = True
     return Bridge()
 
+# %% ../nbs/05_lora.ipynb #6623ccbb
+TRACKING_HINT = "pip install 'finetune_nb[tracking]' (mlflow, tensorboard), or pip install wandb / trackio"
+_TRACKING_ENV_LOCK = threading.Lock()
+
+def resolve_report_to(
+    report_to:str|list[str]|None, # `TrainingConfig.report_to`
+)->list[str]:                     # the trackers the trainer reports to ([] for none)
+    "The trackers a run reports to: \"auto\" is TensorBoard when installed (else none, with one notice); a named tracker that is unknown or not installed is a `ConfigError`."
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+    if report_to in (None, "none", ["none"]): return []
+    have = get_available_reporting_integrations()
+    if report_to == "auto":
+        if "tensorboard" in have: return ["tensorboard"]
+        if not getattr(resolve_report_to, "warned", False):
+            log.warning("report_to='auto': tensorboard is not installed, so runs are not tracked (%s)", TRACKING_HINT); resolve_report_to.warned = True
+        return []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if names == ["all"]: return have
+    for n in names:
+        if n not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"TrainingConfig.report_to: unknown tracker {n!r}", hint=f"use \"auto\", \"none\" or some of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+        if n not in have: raise ConfigError(f"TrainingConfig.report_to: {n!r} is not installed", hint=TRACKING_HINT)
+    return names
+
+@contextlib.contextmanager
+def tracking_env(
+    report_to,           # the trainer's resolved `report_to`
+    output_dir:str|Path, # the run folder
+):
+    "While a trainer is built: TensorBoard writes into `<output_dir>/tensorboard` (unless `TENSORBOARD_LOGGING_DIR` is set)."
+    if "tensorboard" not in ([report_to] if isinstance(report_to, str) else report_to or []) or os.environ.get("TENSORBOARD_LOGGING_DIR"):
+        yield; return
+    with _TRACKING_ENV_LOCK:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(output_dir)/"tensorboard")
+        try: yield
+        finally: os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+
 # %% ../nbs/05_lora.ipynb #42b56471
 def _destroy_process_group():
     import torch.distributed as dist
@@ -571,7 +612,7 @@ class LocalFineTuner:
             activation_checkpointing=tc.gradient_checkpointing and not tc.load_in_4bit,
             activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
             train_sampling_strategy="group_by_length" if tc.group_by_length else "random",
-            include_num_input_tokens_seen="non_padding", remove_unused_columns=False, report_to="none",
+            include_num_input_tokens_seen="non_padding", remove_unused_columns=False, report_to=resolve_report_to(tc.report_to) or "none",
             disable_tqdm=not tc.progress, ddp_find_unused_parameters=False, dataloader_num_workers=0, **extra)
 
     def train(self,
@@ -598,10 +639,12 @@ class LocalFineTuner:
             raise TrainingError(f"checkpoint {resume_from_checkpoint} does not exist", hint=f"pass a checkpoint-N folder under {self.output_dir} or True")
         history = []
         bridge = _bridge(history, callbacks, stop_event)
-        trainer = Trainer(model=self.model, args=self._training_args(eval_ds is not None), train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing,
-                                                     pad_to_multiple_of=8 if default_device() == "cuda" else None),   # tensor-core shapes
-                          processing_class=self.tokenizer, callbacks=[bridge])
+        args = self._training_args(eval_ds is not None)
+        with tracking_env(args.report_to, self.output_dir):
+            trainer = Trainer(model=self.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                              data_collator=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing,
+                                                         pad_to_multiple_of=8 if default_device() == "cuda" else None),   # tensor-core shapes
+                              processing_class=self.tokenizer, callbacks=[bridge])
         if not tc.progress: trainer.remove_callback(PrinterCallback)
         _clean_exit_when_distributed()   # the Trainer has joined the process group by now
         cfg = self.model.config
@@ -680,8 +723,9 @@ def _train_dpo(self:LocalFineTuner, train_data, eval_data=None, resume_from_chec
         bridge = _bridge(history, callbacks, stop_event)
         args = self._training_args(eval_ds is not None, DPOConfig, beta=tc.beta, max_length=tc.max_length,
                                    precompute_ref_log_probs=self.method == "full", dataset_num_proc=None)
-        trainer = DPOTrainer(model=self.model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=self.tokenizer, callbacks=[bridge], peft_config=peft_config)
+        with tracking_env(args.report_to, self.output_dir):
+            trainer = DPOTrainer(model=self.model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                 processing_class=self.tokenizer, callbacks=[bridge], peft_config=peft_config)
     if not tc.progress: trainer.remove_callback(PrinterCallback)
     _clean_exit_when_distributed()
     self.model = trainer.model
@@ -757,6 +801,92 @@ def merge_and_save(self:LocalFineTuner,
     self.tokenizer.save_pretrained(str(dir))
     atomic_write_json(dir/"finetune_nb.json", {**_meta(self), "merged": True})
     return dir
+
+# %% ../nbs/05_lora.ipynb #453515bc
+def _shard_units(model)->list:
+    "The modules FSDP2 shards one by one: the model's decoder layers (its `_no_split_modules` classes)."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    units = [m for m in base.modules() if type(m).__name__ in names]
+    if not units: raise TrainingError(f"no decoder layers found to shard in {type(base).__name__}", hint="train_fsdp needs a transformers model that declares _no_split_modules")
+    return units
+
+@patch
+def train_fsdp(self:LocalFineTuner,
+    train_data,                     # anything finetune_nb.data.to_records accepts
+    callbacks:list[Callable]|None=None, # plain callables, each called (on rank 0) with a dict per logging step
+    stop_event:threading.Event|None=None, # set it (on any rank) to stop after the current step
+)->TrainResult:
+    "Train with FSDP2 (`fully_shard` per decoder layer + root) on the processes `torchrun` started; rank 0 saves the gathered adapter (or model)."
+    import torch, torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
+    from torch.utils.data import DataLoader, DistributedSampler
+    from transformers import get_scheduler
+    tc = self.training_config
+    if tc.load_in_4bit: raise ConfigError("train_fsdp does not shard 4-bit (QLoRA) weights", hint="use method='lora' or 'full', or train() for QLoRA")
+    if not dist.is_initialized():
+        if "RANK" not in os.environ: raise TrainingError("train_fsdp runs on processes started by torchrun", hint="torchrun --nproc_per_node N script.py, or finetune-nb train --nproc N --fsdp")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    _clean_exit_when_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    if dev.type == "cuda": torch.cuda.set_device(dev)
+    self.load()
+    model, mesh = self.model, init_device_mesh(dev.type, (world,))
+    for unit in _shard_units(model): fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    ds, rep = tokenize_dataset(self.tokenizer, train_data, tc.max_length, "train")
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed)
+    dl = DataLoader(ds, batch_size=tc.batch_size, sampler=sampler, collate_fn=ChatCollator(self.tokenizer.pad_token_id, padding_free=tc.packing))
+    total = tc.max_steps or max(1, math.ceil(len(dl) / tc.grad_accum * tc.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = get_scheduler(tc.lr_scheduler, opt, num_warmup_steps=int(tc.warmup if tc.warmup >= 1 else math.ceil(tc.warmup * total)), num_training_steps=total)
+    cfg = model.config
+    use_cache, cfg.use_cache = getattr(cfg, "use_cache", None), False
+    history, step, epoch, micro, tokens, window, stopped, t0 = [], 0, 0, 0, 0, [], False, time.perf_counter()
+    model.train()
+    while step < total and not stopped:
+        sampler.set_epoch(epoch)
+        for batch in dl:
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            tokens += int(batch["input_ids"].numel()) if tc.packing else int(batch["attention_mask"].sum())
+            loss = model(**batch).loss
+            (loss / tc.grad_accum).backward()
+            window.append(float(loss.detach())); micro += 1
+            if micro % tc.grad_accum: continue
+            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            opt.step(); sched.step(); opt.zero_grad(set_to_none=True); step += 1
+            if step % tc.logging_steps == 0 or step == total:
+                mean = torch.tensor([sum(window) / len(window)], device=dev); dist.all_reduce(mean); window = []
+                rec = {"step": step, "epoch": epoch + micro / len(dl), "loss": float(mean) / world, "learning_rate": sched.get_last_lr()[0]}
+                history.append(rec)
+                for cb in (callbacks or []) if rank == 0 else []:
+                    try: cb(dict(rec))
+                    except Exception as e: log.warning("training callback %r failed: %s", cb, e)
+            stopped = _any_rank(stop_event is not None and stop_event.is_set(), dev)
+            if step >= total or stopped: break
+        epoch += 1; micro = 0
+    seconds = time.perf_counter() - t0
+    cfg.use_cache = use_cache
+    model.eval()
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))   # a collective: every rank
+    n = torch.tensor([tokens], device=dev); dist.all_reduce(n)
+    adapter_dir = self.output_dir/("model" if self.method == "full" else "adapter")
+    losses = [h["loss"] for h in history]
+    res = TrainResult(output_dir=str(self.output_dir), adapter_dir=str(adapter_dir), method=self.method, loss_history=history,
+                      final_loss=losses[-1] if losses else None, eval_loss=None, train_tokens=int(n), steps=step, seconds=seconds,
+                      stopped=stopped, data_report=rep)
+    if rank == 0:
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(adapter_dir), state_dict=sd)   # peft keeps the adapter's weights of the full state dict
+        self.tokenizer.save_pretrained(str(adapter_dir))
+        atomic_write_json(adapter_dir/"finetune_nb.json", {**_meta(self), "sharded": {"fsdp": 2, "world_size": world}})
+        atomic_write_json(self.output_dir/"train_result.json", res.to_dict())
+    dist.barrier()
+    return res
 
 # %% ../nbs/05_lora.ipynb #f7eff062
 @patch

@@ -38,12 +38,14 @@ def test_local_pipeline(tmp_path, ux_base_model):
     assert (Path(m["train"]["adapter_dir"])/"adapter_config.json").exists()
     assert m["n_test"] == 6 and (run_dir/"data"/"demo_train.jsonl").exists() and (run_dir/"plots"/"tokens.png").exists()
     assert f"report:  {run_dir/'report.md'}" in out and "overall" in out
+    if "tensorboard" in __import__("transformers.integrations.integration_utils", fromlist=["x"]).get_available_reporting_integrations():
+        assert list((run_dir/"train"/"tensorboard").glob("events.out.tfevents.*"))   # report_to="auto": TensorBoard in the run folder
 
 
 def test_dpo_pipeline_sft_then_dpo(tmp_path, ux_base_model):
     "SFT → DPO on demo preference pairs with tiny settings: the run folder, the preference section and both adapters."
     params = dict(base_model=ux_base_model, n_train=24, n_test=6, sft_steps=2, steps=2, eval_limit=6, max_new_tokens=8,
-                  max_length=384, logging_steps=1, batch_size=4, beta=0.2, seed=3)
+                  max_length=384, logging_steps=1, batch_size=4, beta=0.2, seed=3, report_to="none")
     args = [x for k, v in params.items() for x in ("-p", k, json.dumps(v) if not isinstance(v, str) else v)]
     rc, out, err = run_cli("run", "dpo", *args, "--name", "tiny-dpo", "--runs-dir", tmp_path, "--quiet")
     assert rc == 0, err[-3000:]
@@ -60,6 +62,7 @@ def test_dpo_pipeline_sft_then_dpo(tmp_path, ux_base_model):
     assert "## Preference accuracy (held-out pairs)" in report and f"| mean reward margin | 0.000 | {pref['after']['margin']:.3f} |" in report
     assert (run_dir/"preference.png").read_bytes()[:4] == b"\x89PNG" and (run_dir/"data"/"pairs_train.jsonl").exists()
     assert "preference_accuracy" in out and "SFT" in (run_dir/"report.md").read_text().splitlines()[0]
+    assert not list(run_dir.rglob("events.out.tfevents.*"))   # report_to="none" reached both trainers
 
 
 def test_local_pipeline_tools_task(tmp_path, tiny_model_path):

@@ -4,8 +4,8 @@
 
 # %% ../../nbs/07d_jobs.ipynb #46aa7e55
 from __future__ import annotations
-import csv, io, json, math, secrets, threading
-from dataclasses import dataclass, field
+import csv, io, json, math, os, secrets, threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from fastcore.basics import patch
@@ -15,11 +15,12 @@ from .protocol import (APIError, hide_paths, SUFFIX_RE, Checkpoint, CheckpointMe
 from .store import Store, Files
 from .engine import Models
 from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPERPARAMETERS,
-    check_hyperparameters as _check_hyperparameters)
+    check_hyperparameters as _check_hyperparameters, resolve_report_to)
 
 # %% auto #0
-__all__ = ['SERVER_RESTARTED', 'check_hyperparameters', 'openai_hyperparameters', 'job_method', 'training_configs',
-           'trained_hyperparameters', 'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv']
+__all__ = ['SERVER_RESTARTED', 'MLFLOW_EXPERIMENT', 'check_hyperparameters', 'openai_hyperparameters', 'job_method',
+           'training_configs', 'trained_hyperparameters', 'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint',
+           'metrics_csv', 'wandb_unavailable', 'job_params']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
 def check_hyperparameters(
@@ -68,6 +69,7 @@ class Jobs:
         self.root.mkdir(parents=True, exist_ok=True)
         self.log,self.counters = get_logger("finetune_nb.serve"),{}
         self._wake,self._stop,self._running,self._worker = threading.Event(),threading.Event(),{},None
+        self.mlflow_uri,self._tracked = os.environ.get("FINETUNE_NB_MLFLOW_URI") or None,{}   # see "Tracking" below
 
     def count(self, name:str): self.counters[name] = self.counters.get(name, 0) + 1
 
@@ -103,7 +105,8 @@ def create(self:Jobs, owner:str, req:JobRequest)->FineTuningJob:
     shown = openai_hyperparameters(hp)
     job = FineTuningJob(id=new_id("jobs"), created_at=now(), model=req.model, status="queued", training_file=req.training_file,
                         validation_file=req.validation_file, hyperparameters=shown, method=job_method(mt, shown),
-                        seed=secrets.randbelow(2**31) if req.seed is None else req.seed, user_provided_suffix=req.suffix, metadata=req.metadata)
+                        seed=secrets.randbelow(2**31) if req.seed is None else req.seed, user_provided_suffix=req.suffix, metadata=req.metadata,
+                        integrations=[i.model_dump(exclude_none=True) for i in req.integrations or []])
     self.store.insert("jobs", job.dump(), owner=owner, internal={"base": base, "hyperparameters": hp, "resume": None, "method": mt})
     self.event(job.id, f"Validating training file: {req.training_file}")
     self.event(job.id, "Files validated, moving job to queued state")
@@ -199,11 +202,14 @@ def run(self:Jobs, job_id:str):
     try:
         plan = self.prepare(job_id)
         if plan is None: return                                  # cancelled meanwhile
+        self._track_start(plan)
         result = self.train(plan, stop)
         if stop.is_set() or self.store.get("jobs", job_id)["status"] == "cancelled": return   # (shutting down: `recover` resumes it)
         self.finish(plan, result)
     except Exception as e: self.fail(job_id, e)
-    finally: self._running.pop(job_id, None)
+    finally:
+        self._running.pop(job_id, None)
+        self._track_end(job_id)
 
 @patch
 def prepare(self:Jobs, job_id:str)->TrainPlan|None:
@@ -249,6 +255,7 @@ def _record_metrics(self:Jobs, plan:TrainPlan, logs:dict):
     data = {"step": step, "train_loss": loss, "valid_loss": valid_loss, "epoch": logs.get("epoch"), "learning_rate": logs.get("learning_rate")}
     data.update({k: v for k, v in logs.items() if k.startswith(("rewards/", "eval_rewards/"))})   # a DPO job's reward metrics
     self.event(plan.job["id"], msg, type="metrics", data={k: v for k,v in data.items() if v is not None})
+    self._track_metrics(plan.job["id"], data)
 
 @patch
 def _record_checkpoints(self:Jobs, plan:TrainPlan):
@@ -307,3 +314,81 @@ def fail(self:Jobs, job_id:str, e:Exception):
     self.store.update("jobs", job_id, status="failed", finished_at=now(), error={"code": code, "param": None, "message": msg[:2000]})
     self.event(job_id, f"Fine-tuning job failed: {msg[:500]}", level="error")
     self.count("jobs_failed")
+
+# %% ../../nbs/07d_jobs.ipynb #7f084e62
+MLFLOW_EXPERIMENT = "finetune-nb"
+_MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+
+def wandb_unavailable()->str|None:
+    "Why OpenAI's wandb integration cannot run on this server (None when it can)."
+    import importlib.util
+    if importlib.util.find_spec("wandb") is None: return "wandb is not installed on this server (pip install wandb)"
+    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+        return "this server has no WANDB_API_KEY (or WANDB_MODE=offline) set"
+    return None
+
+def job_params(plan:TrainPlan)->dict[str, str]:
+    "A job's resolved configs as flat tracker params (`training.lr`, `lora.r`, ...)."
+    p = {"base_model": plan.base, "model": plan.job["model"], "fine_tuned_model": plan.model_id, "training_file": plan.job["training_file"]}
+    p.update({f"training.{k}": v for k, v in asdict(plan.training_config).items()})
+    p.update({f"lora.{k}": v for k, v in asdict(plan.lora_config).items()})
+    return {k: str(v)[:500] for k, v in p.items()}
+
+@patch
+def _track_start(self:Jobs, plan:TrainPlan):
+    "Open the job's trackers: an MLflow run named by the job id (with `mlflow_uri`), and OpenAI's wandb integration when it can run here."
+    job_id, t = plan.job["id"], self._tracked.setdefault(plan.job["id"], {})
+    for integ in plan.job.get("integrations") or []:
+        if integ.get("type") != "wandb": continue
+        w = integ.get("wandb") or {}
+        if (why := wandb_unavailable()) is not None:
+            self.event(job_id, f"Weights & Biases integration skipped: {why}", level="warn", data={"integration": "wandb", "skipped": why}); continue
+        try:
+            import wandb
+            t["wandb"] = wandb.init(project=w["project"], name=w.get("name") or job_id, entity=w.get("entity"),
+                                    tags=[*w.get("tags", []), "finetune-nb", f"finetune-nb/{job_id}"], config=job_params(plan))
+            plan.training_config.report_to = [*resolve_report_to(plan.training_config.report_to), "wandb"]   # the trainer logs into this run
+            self.event(job_id, f"Weights & Biases run {w.get('name') or job_id} in project {w['project']}", data={"integration": "wandb"})
+        except Exception as e:
+            self.event(job_id, f"Weights & Biases integration skipped: {type(e).__name__}: {hide_paths(str(e))[:300]}", level="warn")
+    if not self.mlflow_uri: return
+    try:
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+        c = MlflowClient(tracking_uri=self.mlflow_uri)
+        exp = c.get_experiment_by_name(MLFLOW_EXPERIMENT)
+        exp_id = exp.experiment_id if exp is not None else c.create_experiment(MLFLOW_EXPERIMENT)
+        old = c.search_runs([exp_id], filter_string=f"attributes.run_name = '{job_id}'", max_results=1)
+        if old: run_id = old[0].info.run_id; c.update_run(run_id, status="RUNNING")   # resumed after a restart
+        else:
+            run_id = c.create_run(exp_id, run_name=job_id, tags={"finetune_nb.job_id": job_id, "finetune_nb.base_model": plan.base}).info.run_id
+            c.log_batch(run_id, params=[Param(k, v) for k, v in job_params(plan).items()])
+        t["mlflow"] = (c, run_id)
+        self.event(job_id, f"MLflow run {run_id} in experiment {MLFLOW_EXPERIMENT!r} tracks this job", data={"mlflow_run_id": run_id})
+    except Exception as e:
+        self.log.warning("job %s: MLflow logging is off: %s", job_id, e)
+        self.event(job_id, f"MLflow logging is off for this job: {type(e).__name__}: {hide_paths(str(e))[:300]}", level="warn")
+
+@patch
+def _track_metrics(self:Jobs, job_id:str, data:dict):
+    "Log one metrics event's numbers (train_loss, valid_loss, learning_rate, ...) to the job's MLflow run."
+    if (t := self._tracked.get(job_id, {}).get("mlflow")) is None or data.get("step") is None: return
+    from mlflow.entities import Metric
+    c, run_id = t
+    ts = int(now() * 1000)
+    ms = [Metric(k, float(v), ts, int(data["step"])) for k, v in data.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
+    try: c.log_batch(run_id, metrics=ms)
+    except Exception as e: self.log.warning("job %s: MLflow could not log step %s: %s", job_id, data["step"], e)
+
+@patch
+def _track_end(self:Jobs, job_id:str):
+    "Close the job's trackers with its final status (a job interrupted by a shutdown stays RUNNING: it resumes)."
+    t = self._tracked.pop(job_id, {})
+    status = (self.store.get("jobs", job_id) or {}).get("status")
+    if "mlflow" in t and status in _MLFLOW_STATUS:
+        c, run_id = t["mlflow"]
+        try: c.set_terminated(run_id, status=_MLFLOW_STATUS[status])
+        except Exception as e: self.log.warning("job %s: MLflow could not close run %s: %s", job_id, run_id, e)
+    if "wandb" in t:
+        try: t["wandb"].finish(exit_code=0 if status == "succeeded" else 1)
+        except Exception as e: self.log.warning("job %s: wandb could not finish its run: %s", job_id, e)

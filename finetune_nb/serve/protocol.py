@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 __all__ = ['ID_PREFIXES', 'ID_RE', 'ALIAS_RE', 'SUFFIX_RE', 'new_id', 'valid_id', 'now', 'APIError', 'hide_paths', 'not_found',
            'APIModel', 'FileObject', 'Deleted', 'ListPage', 'JobError', 'FineTuningJob', 'JobEvent',
            'CheckpointMetrics', 'Checkpoint', 'ModelObject', 'ToolCallFunction', 'ToolCall', 'FunctionDef', 'ToolDef',
-           'NamedToolChoice', 'ChatMessage', 'ChatRequest', 'JobRequest', 'SimpleJobRequest', 'DeployRequest',
-           'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage', 'InferenceReply']
+           'NamedToolChoice', 'ChatMessage', 'ChatRequest', 'WandbSettings', 'Integration', 'JobRequest',
+           'SimpleJobRequest', 'DeployRequest', 'InferenceRequest', 'SimpleJob', 'Deployment', 'InferenceUsage',
+           'InferenceReply']
 
 # %% ../../nbs/07a_protocol.ipynb #afcce831
 ID_PREFIXES = {"files": "file", "jobs": "ftjob", "events": "ftevent", "checkpoints": "ftckpt"}
@@ -235,6 +236,21 @@ class ChatRequest(BaseModel):
         return self.model_dump(exclude_none=True, include={"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "stream_options",
                                                            "tools", "tool_choice", "parallel_tool_calls"})
 
+# %% ../../nbs/07a_protocol.ipynb #1fd2d3ad
+class WandbSettings(BaseModel):
+    "OpenAI's Weights & Biases settings for a job's run."
+    model_config = ConfigDict(extra="forbid")
+    project: str = Field(min_length=1, max_length=128)       # the W&B project the run is created under
+    name: str|None = Field(None, max_length=128)             # the run's display name (default: the job id)
+    entity: str|None = Field(None, max_length=128)           # team or user (default: the key's own)
+    tags: list[str] = Field([], max_length=50)               # passed through to the run
+
+class Integration(BaseModel):
+    "OpenAI's `FineTuningIntegration`: only `wandb` is defined."
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
 # %% ../../nbs/07a_protocol.ipynb #a657dbde
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -246,6 +262,7 @@ class JobRequest(BaseModel):
     suffix: str|None = Field(None, max_length=64)
     seed: int|None = Field(None, ge=0, lt=2**31)
     metadata: dict[str, str]|None = None
+    integrations: list[Integration]|None = Field(None, max_length=10) # OpenAI's job integrations (wandb)
 
     def method_type(self)->str:
         "The job's `method.type`: supervised (the default) or dpo; other types are a 400."
