@@ -18,8 +18,9 @@ from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPE
     check_hyperparameters as _check_hyperparameters)
 
 # %% auto #0
-__all__ = ['SERVER_RESTARTED', 'check_hyperparameters', 'openai_hyperparameters', 'job_method', 'training_configs',
-           'trained_hyperparameters', 'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv']
+__all__ = ['JOB_EXECUTORS', 'SERVER_RESTARTED', 'RAY_STOP_GRACE', 'check_hyperparameters', 'openai_hyperparameters', 'job_method',
+           'training_configs', 'trained_hyperparameters', 'Executor', 'TrainPlan', 'Jobs', 'intact_checkpoint',
+           'last_checkpoint', 'metrics_csv', 'RayChannel', 'ray_temp_dir', 'ray_init', 'ray_train_worker']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
 def check_hyperparameters(
@@ -53,6 +54,32 @@ def trained_hyperparameters(hp:dict, tcfg:TrainingConfig)->dict:
     "OpenAI's three as the trainer runs them (no \"auto\" left)."
     return {k: v for k, v in tcfg.to_openai().items() if k in OPENAI_HYPERPARAMETERS or k == "beta"}
 
+# %% ../../nbs/07d_jobs.ipynb #a293fa2f
+import importlib, importlib.util, logging, os, time
+from ..core import ConfigError, TrainingError
+
+JOB_EXECUTORS = ("local", "ray")
+
+@dataclass
+class Executor:
+    "Where the server's jobs train, as the operator configured it."
+    kind:str="local"          # "local" (in the server's process) or "ray" (a Ray Train run)
+    address:str|None=None     # Ray cluster address; None starts a local Ray instance
+    workers:int=1             # Ray Train workers (training processes) per job
+
+    @classmethod
+    def from_env(cls, env:dict|None=None)->Executor:
+        "`$FINETUNE_NB_JOB_EXECUTOR`, `$FINETUNE_NB_RAY_ADDRESS` and `$FINETUNE_NB_RAY_WORKERS`, checked (`ConfigError` names the variable)."
+        env = os.environ if env is None else env
+        kind = (env.get("FINETUNE_NB_JOB_EXECUTOR") or "local").strip().lower()
+        if kind not in JOB_EXECUTORS: raise ConfigError(f"FINETUNE_NB_JOB_EXECUTOR={kind!r} is not one of {', '.join(JOB_EXECUTORS)}")
+        if kind == "local": return cls()
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("FINETUNE_NB_JOB_EXECUTOR=ray needs Ray Train", hint="pip install 'finetune_nb[ray]'")
+        w = (env.get("FINETUNE_NB_RAY_WORKERS") or "1").strip()
+        if not (w.isdigit() and int(w) >= 1): raise ConfigError(f"FINETUNE_NB_RAY_WORKERS={w!r} is not a whole number of at least 1")
+        return cls("ray", (env.get("FINETUNE_NB_RAY_ADDRESS") or "").strip() or None, int(w))
+
 # %% ../../nbs/07d_jobs.ipynb #42279f8a
 @dataclass
 class TrainPlan:
@@ -68,6 +95,7 @@ class Jobs:
         self.root.mkdir(parents=True, exist_ok=True)
         self.log,self.counters = get_logger("finetune_nb.serve"),{}
         self._wake,self._stop,self._running,self._worker = threading.Event(),threading.Event(),{},None
+        self.executor = Executor.from_env()   # where jobs train (`local` or `ray`), checked at start
 
     def count(self, name:str): self.counters[name] = self.counters.get(name, 0) + 1
 
@@ -231,6 +259,7 @@ def prepare(self:Jobs, job_id:str)->TrainPlan|None:
 @patch
 def train(self:Jobs, plan:TrainPlan, stop:threading.Event):
     "Run the local trainer on `plan`, recording metrics events and checkpoints as they come."
+    if self.executor.kind == "ray": return self._train_ray(plan, stop)
     from finetune_nb.lora import LocalFineTuner
     tuner = LocalFineTuner(plan.base, lora_config=plan.lora_config, training_config=plan.training_config, output_dir=str(plan.out))
     def on_log(logs:dict):
@@ -307,3 +336,122 @@ def fail(self:Jobs, job_id:str, e:Exception):
     self.store.update("jobs", job_id, status="failed", finished_at=now(), error={"code": code, "param": None, "message": msg[:2000]})
     self.event(job_id, f"Fine-tuning job failed: {msg[:500]}", level="error")
     self.count("jobs_failed")
+
+# %% ../../nbs/07d_jobs.ipynb #eb1372b5
+RAY_STOP_GRACE = 120.0   # seconds a cancelled Ray run gets to stop after its current step before its workers are killed
+
+class RayChannel:
+    "An actor between the server and a Ray job's workers: messages up (a queue the server drains), stop down (a flag the workers poll)."
+    def __init__(self): self.messages,self.stopped = [],False
+    def put(self, message:dict): self.messages.append(message)
+    def drain(self)->list[dict]: out,self.messages = self.messages,[]; return out
+    def stop(self): self.stopped = True
+    def is_stopped(self)->bool: return self.stopped
+
+def ray_temp_dir(root:Path)->Path:
+    "A temp dir for a local Ray instance: under `root` when that path is short (Ray's socket paths are limited), else under /tmp."
+    p = Path(root)/"ray"
+    return p if len(str(p)) <= 40 else Path("/tmp")/f"fnb-ray-{os.getuid()}"
+
+_RAY_LOCK = threading.Lock()
+
+def ray_init(ex:Executor, root:Path):
+    "Connect to `ex.address`, or start a local Ray instance with `ex.workers` CPUs (quiet, no dashboard), once per process."
+    import ray
+    with _RAY_LOCK:
+        if ray.is_initialized(): return
+        kw = dict(log_to_driver=False, logging_level=logging.WARNING, namespace="finetune_nb")
+        if ex.address: ray.init(address=ex.address, **kw)
+        else:
+            tmp = ray_temp_dir(root); tmp.mkdir(parents=True, exist_ok=True)
+            ray.init(num_cpus=ex.workers, include_dashboard=False, _temp_dir=str(tmp), **kw)
+
+# %% ../../nbs/07d_jobs.ipynb #d4f5bc1d
+def _worker_error(e:BaseException)->dict:
+    "An exception as a message (our own error types keep their class, message and hint)."
+    if isinstance(e, FinetuneNBError): return {"kind": "error", "module": type(e).__module__, "type": type(e).__name__, "message": e.message, "hint": e.hint}
+    return {"kind": "error", "module": None, "type": type(e).__name__, "message": str(e), "hint": None}
+
+def ray_train_worker(cfg:dict):
+    "The Ray Train loop of one worker: the local trainer on the plan, in Ray's process group, reporting to the channel."
+    import ray, ray.train
+    from finetune_nb.lora import LocalFineTuner
+    ctx, ch = ray.train.get_context(), cfg["channel"]
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    stop, done = threading.Event(), threading.Event()
+    def watch():   # a cancel reaches every worker; `_any_rank` then stops all of them at the same step
+        while not done.is_set():
+            if ray.get(ch.is_stopped.remote()): stop.set(); return
+            done.wait(0.5)
+    threading.Thread(target=watch, name="finetune_nb-ray-stop", daemon=True).start()
+    try:
+        tuner = LocalFineTuner(cfg["base"], lora_config=cfg["lora_config"], training_config=cfg["training_config"], output_dir=cfg["output_dir"])
+        seen = tuner._training_args(cfg["val"] is not None).world_size   # what the Trainer will shard over
+        ray.get(ch.put.remote({"kind": "started", "rank": rank, "world_size": seen, "ray_world_size": world,
+                                       "actor": ray.get_runtime_context().current_actor}))
+        if seen != world: raise TrainingError(f"the Trainer in Ray worker {rank} sees world size {seen}, not Ray's {world}")
+        on_log = lambda rec: ch.put.remote({"kind": "log", **rec})
+        res = tuner.train(cfg["train"], eval_data=cfg["val"], resume_from_checkpoint=cfg["resume"], callbacks=[on_log], stop_event=stop)
+        if rank == 0: ray.get(ch.put.remote({"kind": "done", "result": res.to_dict()}))
+    except BaseException as e:
+        ray.get(ch.put.remote(_worker_error(e))); raise
+    finally: done.set()
+
+# %% ../../nbs/07d_jobs.ipynb #ea350f5b
+def _raise_worker_error(m:dict):
+    "Raise a worker's error in the server (as our own type when it was one)."
+    try: cls = getattr(importlib.import_module(m["module"]), m["type"]) if m["module"] else None
+    except (ImportError, AttributeError): cls = None
+    if cls is not None and issubclass(cls, FinetuneNBError): raise cls(m["message"], hint=m["hint"])
+    raise TrainingError(f"a Ray worker failed: {m['type']}: {m['message']}")
+
+@patch
+def _train_ray(self:Jobs, plan:TrainPlan, stop:threading.Event):
+    "Run `plan` as a Ray Train run of `executor.workers` workers; metrics events, checkpoints and cancel as for a local job."
+    import ray
+    from ray.train import RunConfig, ScalingConfig, FailureConfig
+    from ray.train.torch import TorchTrainer
+    from finetune_nb.lora import TrainResult
+    from finetune_nb.tiny import resolve_model_path
+    ex, job_id = self.executor, plan.job["id"]
+    ray_init(ex, self.root)
+    channel = ray.remote(num_cpus=0)(RayChannel).remote()
+    records = lambda d: None if d is None else d.to_records() if hasattr(d, "to_records") else list(d)
+    cfg = dict(channel=channel, base=resolve_model_path(plan.base), lora_config=plan.lora_config, training_config=plan.training_config,
+               output_dir=str(plan.out), train=records(plan.train), val=records(plan.val), resume=plan.resume)
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= ex.workers
+    trainer = TorchTrainer(ray_train_worker, train_loop_config=cfg, scaling_config=ScalingConfig(num_workers=ex.workers, use_gpu=use_gpu),
+                           run_config=RunConfig(name=job_id, storage_path=str((plan.out/"ray").resolve()), failure_config=FailureConfig(max_failures=0)))
+    box = {}
+    def fit():
+        try: box["result"] = trainer.fit()
+        except BaseException as e: box["error"] = e
+    th = threading.Thread(target=fit, name=f"finetune_nb-ray-{job_id}", daemon=True); th.start()
+    self.event(job_id, f"Starting a Ray Train run with {ex.workers} worker{'s'*(ex.workers != 1)}")
+    seen, actors, result, error, stopped_at = {}, [], None, None, None
+    while True:
+        alive = th.is_alive()
+        for m in ray.get(channel.drain.remote()):
+            kind = m.pop("kind")
+            if kind == "started":
+                seen[m["rank"]] = m["world_size"]; actors.append(m["actor"])
+                if m["rank"] == 0: self.event(job_id, f"Training on Ray: world size {m['world_size']}", data={"executor": "ray", "world_size": m["world_size"]})
+            elif kind == "log": self._record_metrics(plan, m); self._record_checkpoints(plan)
+            elif kind == "done": result = m["result"]
+            elif kind == "error" and error is None: error = m
+        if not alive: break
+        if stop.is_set() and stopped_at is None: channel.stop.remote(); stopped_at = time.monotonic()
+        if stopped_at is not None and time.monotonic() - stopped_at > RAY_STOP_GRACE:   # stuck (e.g. still starting): end it
+            self.log.warning("job %s: the Ray run did not stop within %ss; killing its workers", job_id, RAY_STOP_GRACE)
+            for a in actors: ray.kill(a)
+            th.join(30); break
+        th.join(0.5)
+    self._record_checkpoints(plan)
+    if stop.is_set(): return None   # cancelled or shutting down: `run` returns without finishing
+    if error is not None: _raise_worker_error(error)
+    if "error" in box: raise TrainingError(f"the Ray Train run failed: {type(box['error']).__name__}: {box['error']}")
+    if sorted(seen) != list(range(ex.workers)) or set(seen.values()) != {ex.workers}:
+        raise TrainingError(f"the Ray run trained with world sizes {seen} (rank: size), not {ex.workers}",
+                            hint="check the cluster's resources and FINETUNE_NB_RAY_WORKERS")
+    if result is None: raise TrainingError("the Ray Train run ended without a result from rank 0")
+    return TrainResult(**result)
