@@ -64,3 +64,28 @@ def test_local_executor_does_not_import_ray(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path/"d")], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_ray_job_cancel_stops_the_run(start_server, tmp_path):
+    "Cancelling a running Ray job stops its workers after their current step (they save a checkpoint), and the server still shuts down promptly."
+    from finetune_nb.demo import write_demo_files
+    srv = start_server("ray-cancel", env=RAY_ENV)
+    c = srv.client()
+    base = next(m.id for m in c.models.list() if "tiny" in m.id)
+    f = c.files.create(file=open(write_demo_files(tmp_path/"demo", n_train=24, n_test=2, seed=5)["train"], "rb"), purpose="fine-tune")
+    long = {**HP, "max_steps": 2000, "save_steps": 5000}
+    job = c.fine_tuning.jobs.create(model=base, training_file=f.id, hyperparameters=long)
+    t0 = time.time()
+    while not any(e.type == "metrics" for e in c.fine_tuning.jobs.list_events(job.id, limit=100)):
+        assert c.fine_tuning.jobs.retrieve(job.id).status in ("queued", "running") and time.time() - t0 < 600, srv.read_log()
+        time.sleep(0.5)
+    assert c.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    t0 = time.time()
+    while not (cks := list(c.fine_tuning.jobs.checkpoints.list(job.id))):   # the stop reached the workers: they saved and ended
+        assert time.time() - t0 < 180, srv.read_log()
+        time.sleep(0.5)
+    assert len(cks) == 1 and 0 < cks[0].step_number < 2000
+    assert c.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    srv.proc.terminate()
+    assert srv.proc.wait(60) is not None

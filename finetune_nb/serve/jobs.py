@@ -18,9 +18,10 @@ from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPE
     check_hyperparameters as _check_hyperparameters)
 
 # %% auto #0
-__all__ = ['JOB_EXECUTORS', 'SERVER_RESTARTED', 'RAY_STOP_GRACE', 'check_hyperparameters', 'openai_hyperparameters', 'job_method',
-           'training_configs', 'trained_hyperparameters', 'Executor', 'TrainPlan', 'Jobs', 'intact_checkpoint',
-           'last_checkpoint', 'metrics_csv', 'RayChannel', 'ray_temp_dir', 'ray_init', 'ray_train_worker']
+__all__ = ['JOB_EXECUTORS', 'SERVER_RESTARTED', 'RAY_STOP_GRACE', 'RAY_START_TRIES', 'check_hyperparameters',
+           'openai_hyperparameters', 'job_method', 'training_configs', 'trained_hyperparameters', 'Executor',
+           'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv', 'RayChannel', 'ray_temp_dir',
+           'ray_init', 'ray_train_worker']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
 def check_hyperparameters(
@@ -354,17 +355,40 @@ def ray_temp_dir(root:Path)->Path:
     return p if len(str(p)) <= 40 else Path("/tmp")/f"fnb-ray-{os.getuid()}"
 
 _RAY_LOCK = threading.Lock()
+RAY_START_TRIES = 3   # a local Ray node that doesn't register in time (Ray waits 30 s; an overloaded machine can miss it) is started again
+
+def _end_ray_leftovers(tmp:Path):
+    "Kill what a failed local Ray start left running: the server's child processes that name Ray's temp dir `tmp`."
+    try: import psutil
+    except ImportError: return
+    def ours(p):
+        try: return any(str(tmp) in a for a in p.cmdline())
+        except psutil.Error: return False
+    procs = [p for p in psutil.Process().children(recursive=True) if ours(p)]
+    for p in procs:
+        try: p.kill()
+        except psutil.Error: pass
+    psutil.wait_procs(procs, timeout=10)
 
 def ray_init(ex:Executor, root:Path):
     "Connect to `ex.address`, or start a local Ray instance with `ex.workers` CPUs (quiet, no dashboard), once per process."
     import ray
+    # Ray Train gives a worker group 60 s to start; each worker imports torch and transformers, which takes longer on a busy machine
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     with _RAY_LOCK:
         if ray.is_initialized(): return
         kw = dict(log_to_driver=False, logging_level=logging.WARNING, namespace="finetune_nb")
-        if ex.address: ray.init(address=ex.address, **kw)
-        else:
-            tmp = ray_temp_dir(root); tmp.mkdir(parents=True, exist_ok=True)
-            ray.init(num_cpus=ex.workers, include_dashboard=False, _temp_dir=str(tmp), **kw)
+        if ex.address:
+            try: return ray.init(address=ex.address, **kw)
+            except Exception as e: raise TrainingError(f"could not connect to the Ray cluster at FINETUNE_NB_RAY_ADDRESS={ex.address!r}: {e}") from e
+        tmp = ray_temp_dir(root); tmp.mkdir(parents=True, exist_ok=True)
+        for i in range(RAY_START_TRIES):
+            try: return ray.init(num_cpus=ex.workers, include_dashboard=False, _temp_dir=str(tmp), **kw)
+            except Exception as e:
+                ray.shutdown(); _end_ray_leftovers(tmp)   # a half-started node is not shut down by Ray
+                if i == RAY_START_TRIES - 1: raise TrainingError(f"could not start a local Ray instance ({RAY_START_TRIES} tries): {e}",
+                                                                 hint="see the Ray logs under " + str(tmp)) from e
+                get_logger("finetune_nb.serve").warning("starting a local Ray instance failed (%s); trying again", e)
 
 # %% ../../nbs/07d_jobs.ipynb #d4f5bc1d
 def _worker_error(e:BaseException)->dict:
@@ -419,7 +443,11 @@ def _train_ray(self:Jobs, plan:TrainPlan, stop:threading.Event):
     records = lambda d: None if d is None else d.to_records() if hasattr(d, "to_records") else list(d)
     cfg = dict(channel=channel, base=resolve_model_path(plan.base), lora_config=plan.lora_config, training_config=plan.training_config,
                output_dir=str(plan.out), train=records(plan.train), val=records(plan.val), resume=plan.resume)
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= ex.workers
+    res = ray.cluster_resources()
+    use_gpu = res.get("GPU", 0) >= ex.workers
+    if not use_gpu and res.get("CPU", 0) < ex.workers:   # Ray Train would wait for them forever
+        raise TrainingError(f"the Ray cluster has {res.get('CPU', 0):g} CPUs, fewer than FINETUNE_NB_RAY_WORKERS={ex.workers} workers need",
+                            hint="lower FINETUNE_NB_RAY_WORKERS or add nodes to the cluster")
     trainer = TorchTrainer(ray_train_worker, train_loop_config=cfg, scaling_config=ScalingConfig(num_workers=ex.workers, use_gpu=use_gpu),
                            run_config=RunConfig(name=job_id, storage_path=str((plan.out/"ray").resolve()), failure_config=FailureConfig(max_failures=0)))
     box = {}
