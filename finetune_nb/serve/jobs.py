@@ -21,7 +21,7 @@ from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPE
 __all__ = ['JOB_EXECUTORS', 'SERVER_RESTARTED', 'RAY_STOP_GRACE', 'RAY_START_TRIES', 'check_hyperparameters',
            'openai_hyperparameters', 'job_method', 'training_configs', 'trained_hyperparameters', 'Executor',
            'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv', 'RayChannel', 'ray_temp_dir',
-           'ray_init', 'ray_train_worker']
+           'ray_init', 'ray_train_worker', 'ray_driver']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
 def check_hyperparameters(
@@ -56,7 +56,7 @@ def trained_hyperparameters(hp:dict, tcfg:TrainingConfig)->dict:
     return {k: v for k, v in tcfg.to_openai().items() if k in OPENAI_HYPERPARAMETERS or k == "beta"}
 
 # %% ../../nbs/07d_jobs.ipynb #a293fa2f
-import importlib, importlib.util, logging, os, time
+import dataclasses, importlib, importlib.util, logging, os, time
 from ..core import ConfigError, TrainingError
 
 JOB_EXECUTORS = ("local", "ray")
@@ -339,7 +339,7 @@ def fail(self:Jobs, job_id:str, e:Exception):
     self.count("jobs_failed")
 
 # %% ../../nbs/07d_jobs.ipynb #eb1372b5
-RAY_STOP_GRACE = 120.0   # seconds a cancelled Ray run gets to stop after its current step before its workers are killed
+RAY_STOP_GRACE = 120.0   # seconds a cancelled Ray run gets to stop after its current step before its driver is killed
 
 class RayChannel:
     "An actor between the server and a Ray job's workers: messages up (a queue the server drains), stop down (a flag the workers poll)."
@@ -411,8 +411,7 @@ def ray_train_worker(cfg:dict):
     try:
         tuner = LocalFineTuner(cfg["base"], lora_config=cfg["lora_config"], training_config=cfg["training_config"], output_dir=cfg["output_dir"])
         seen = tuner._training_args(cfg["val"] is not None).world_size   # what the Trainer will shard over
-        ray.get(ch.put.remote({"kind": "started", "rank": rank, "world_size": seen, "ray_world_size": world,
-                                       "actor": ray.get_runtime_context().current_actor}))
+        ray.get(ch.put.remote({"kind": "started", "rank": rank, "world_size": seen, "ray_world_size": world}))
         if seen != world: raise TrainingError(f"the Trainer in Ray worker {rank} sees world size {seen}, not Ray's {world}")
         on_log = lambda rec: ch.put.remote({"kind": "log", **rec})
         res = tuner.train(cfg["train"], eval_data=cfg["val"], resume_from_checkpoint=cfg["resume"], callbacks=[on_log], stop_event=stop)
@@ -429,57 +428,97 @@ def _raise_worker_error(m:dict):
     if cls is not None and issubclass(cls, FinetuneNBError): raise cls(m["message"], hint=m["hint"])
     raise TrainingError(f"a Ray worker failed: {m['type']}: {m['message']}")
 
+def ray_driver(spec_path:str):
+    "One job's Ray driver, in a process of its own: starts the Ray Train run of the pickled spec, forwards the channel's messages to stdout as JSON lines, stops the run on 'stop' or EOF on stdin."
+    import pickle, sys
+    out = os.fdopen(os.dup(1), "w", buffering=1); os.dup2(2, 1)   # the pipe carries only our messages; prints go to the log
+    send = lambda m: out.write(json.dumps(m) + "\n")
+    try:
+        import ray
+        from ray.train import RunConfig, ScalingConfig, FailureConfig
+        from ray.train.torch import TorchTrainer
+        spec = pickle.loads(Path(spec_path).read_bytes())
+        ex = Executor(**spec.pop("executor"))
+        ray_init(ex, Path(spec.pop("ray_root")))
+        res = ray.cluster_resources()
+        use_gpu = res.get("GPU", 0) >= ex.workers
+        if not use_gpu and res.get("CPU", 0) < ex.workers:   # Ray Train would wait for them forever
+            raise TrainingError(f"the Ray cluster has {res.get('CPU', 0):g} CPUs, fewer than FINETUNE_NB_RAY_WORKERS={ex.workers} workers need",
+                                hint="lower FINETUNE_NB_RAY_WORKERS or add nodes to the cluster")
+        channel = ray.remote(num_cpus=0)(RayChannel).remote()
+        def watch_stdin():   # "stop" from the server, or EOF when the server went away
+            for line in sys.stdin:
+                if line.strip() == "stop": break
+            channel.stop.remote()
+        threading.Thread(target=watch_stdin, name="finetune_nb-ray-stdin", daemon=True).start()
+        trainer = TorchTrainer(ray_train_worker, train_loop_config={**spec, "channel": channel},
+                               scaling_config=ScalingConfig(num_workers=ex.workers, use_gpu=use_gpu),
+                               run_config=RunConfig(name=spec["job_id"], storage_path=str(Path(spec["output_dir"]).resolve()/"ray"),
+                                                    failure_config=FailureConfig(max_failures=0)))
+        box = {}
+        def fit():
+            try: box["result"] = trainer.fit()
+            except BaseException as e: box["error"] = e
+        th = threading.Thread(target=fit, name="finetune_nb-ray-fit", daemon=True); th.start()
+        while True:
+            alive = th.is_alive()
+            for m in ray.get(channel.drain.remote()): send(m)
+            if not alive: break
+            th.join(0.5)
+        if "error" in box: send({"kind": "error", "module": None, "type": "RayTrainError", "message": f"{type(box['error']).__name__}: {box['error']}"[:2000], "hint": None})
+    except BaseException as e: send(_worker_error(e))
+    finally: out.flush()
+
+# %% ../../nbs/07d_jobs.ipynb #389aaf85
 @patch
 def _train_ray(self:Jobs, plan:TrainPlan, stop:threading.Event):
-    "Run `plan` as a Ray Train run of `executor.workers` workers; metrics events, checkpoints and cancel as for a local job."
-    import ray
-    from ray.train import RunConfig, ScalingConfig, FailureConfig
-    from ray.train.torch import TorchTrainer
+    "Run `plan` as a Ray Train run of `executor.workers` workers, driven from a child process; metrics events, checkpoints and cancel as for a local job."
+    import pickle, queue, subprocess, sys
     from finetune_nb.lora import TrainResult
     from finetune_nb.tiny import resolve_model_path
     ex, job_id = self.executor, plan.job["id"]
-    ray_init(ex, self.root)
-    channel = ray.remote(num_cpus=0)(RayChannel).remote()
     records = lambda d: None if d is None else d.to_records() if hasattr(d, "to_records") else list(d)
-    cfg = dict(channel=channel, base=resolve_model_path(plan.base), lora_config=plan.lora_config, training_config=plan.training_config,
-               output_dir=str(plan.out), train=records(plan.train), val=records(plan.val), resume=plan.resume)
-    res = ray.cluster_resources()
-    use_gpu = res.get("GPU", 0) >= ex.workers
-    if not use_gpu and res.get("CPU", 0) < ex.workers:   # Ray Train would wait for them forever
-        raise TrainingError(f"the Ray cluster has {res.get('CPU', 0):g} CPUs, fewer than FINETUNE_NB_RAY_WORKERS={ex.workers} workers need",
-                            hint="lower FINETUNE_NB_RAY_WORKERS or add nodes to the cluster")
-    trainer = TorchTrainer(ray_train_worker, train_loop_config=cfg, scaling_config=ScalingConfig(num_workers=ex.workers, use_gpu=use_gpu),
-                           run_config=RunConfig(name=job_id, storage_path=str((plan.out/"ray").resolve()), failure_config=FailureConfig(max_failures=0)))
-    box = {}
-    def fit():
-        try: box["result"] = trainer.fit()
-        except BaseException as e: box["error"] = e
-    th = threading.Thread(target=fit, name=f"finetune_nb-ray-{job_id}", daemon=True); th.start()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    spec = dict(executor=dataclasses.asdict(ex), ray_root=str(self.root), job_id=job_id, base=resolve_model_path(plan.base),
+                lora_config=plan.lora_config, training_config=plan.training_config, output_dir=str(plan.out),
+                train=records(plan.train), val=records(plan.val), resume=plan.resume)
+    (plan.out/"ray_job.pkl").write_bytes(pickle.dumps(spec))
+    # Ray runs in a child process, never in the server's: its start-up, threads and signal handlers stay out of the HTTP server
+    with open(plan.out/"ray_driver.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; from finetune_nb.serve.jobs import ray_driver; ray_driver(sys.argv[1])",
+                                 str(plan.out/"ray_job.pkl")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], name=f"finetune_nb-ray-{job_id}", daemon=True).start()
     self.event(job_id, f"Starting a Ray Train run with {ex.workers} worker{'s'*(ex.workers != 1)}")
-    seen, actors, result, error, stopped_at = {}, [], None, None, None
+    seen, result, error, stopped_at = {}, None, None, None
     while True:
-        alive = th.is_alive()
-        for m in ray.get(channel.drain.remote()):
+        try: m = json.loads(lines.get(timeout=0.5))
+        except queue.Empty: m = None
+        except ValueError: continue   # not one of our messages
+        if m is None:
+            if proc.poll() is not None and lines.empty(): break
+        else:
             kind = m.pop("kind")
             if kind == "started":
-                seen[m["rank"]] = m["world_size"]; actors.append(m["actor"])
+                seen[m["rank"]] = m["world_size"]
                 if m["rank"] == 0: self.event(job_id, f"Training on Ray: world size {m['world_size']}", data={"executor": "ray", "world_size": m["world_size"]})
             elif kind == "log": self._record_metrics(plan, m); self._record_checkpoints(plan)
             elif kind == "done": result = m["result"]
             elif kind == "error" and error is None: error = m
-        if not alive: break
-        if stop.is_set() and stopped_at is None: channel.stop.remote(); stopped_at = time.monotonic()
-        if stopped_at is not None and time.monotonic() - stopped_at > RAY_STOP_GRACE:   # stuck (e.g. still starting): end it
-            self.log.warning("job %s: the Ray run did not stop within %ss; killing its workers", job_id, RAY_STOP_GRACE)
-            for a in actors: ray.kill(a)
-            th.join(30); break
-        th.join(0.5)
+        if stop.is_set() and stopped_at is None:
+            stopped_at = time.monotonic()
+            try: proc.stdin.write("stop\n"); proc.stdin.flush()
+            except OSError: pass
+        if stopped_at is not None and time.monotonic() - stopped_at > RAY_STOP_GRACE and proc.poll() is None:
+            self.log.warning("job %s: the Ray run did not stop within %ss; ending its driver", job_id, RAY_STOP_GRACE)
+            proc.kill()   # the run's actors belong to the driver: Ray ends them with it
+    proc.wait()
     self._record_checkpoints(plan)
     if stop.is_set(): return None   # cancelled or shutting down: `run` returns without finishing
     if error is not None: _raise_worker_error(error)
-    if "error" in box: raise TrainingError(f"the Ray Train run failed: {type(box['error']).__name__}: {box['error']}")
     if sorted(seen) != list(range(ex.workers)) or set(seen.values()) != {ex.workers}:
         raise TrainingError(f"the Ray run trained with world sizes {seen} (rank: size), not {ex.workers}",
                             hint="check the cluster's resources and FINETUNE_NB_RAY_WORKERS")
-    if result is None: raise TrainingError("the Ray Train run ended without a result from rank 0")
+    if result is None: raise TrainingError(f"the Ray Train run ended (driver exit code {proc.returncode}) without a result from rank 0",
+                                           hint="see ray_driver.log in the job's folder")
     return TrainResult(**result)
