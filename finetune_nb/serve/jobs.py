@@ -488,16 +488,19 @@ def _train_ray(self:Jobs, plan:TrainPlan, stop:threading.Event):
         proc = subprocess.Popen([sys.executable, "-c", "import sys; from finetune_nb.serve.jobs import ray_driver; ray_driver(sys.argv[1])",
                                  str(plan.out/"ray_job.pkl")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], name=f"finetune_nb-ray-{job_id}", daemon=True).start()
+    def read():
+        for l in proc.stdout: lines.put(l)
+        lines.put(None)   # EOF: the driver is gone
+    threading.Thread(target=read, name=f"finetune_nb-ray-{job_id}", daemon=True).start()
     self.event(job_id, f"Starting a Ray Train run with {ex.workers} worker{'s'*(ex.workers != 1)}")
     seen, result, error, stopped_at = {}, None, None, None
     while True:
-        try: m = json.loads(lines.get(timeout=0.5))
-        except queue.Empty: m = None
-        except ValueError: continue   # not one of our messages
-        if m is None:
-            if proc.poll() is not None and lines.empty(): break
-        else:
+        try: line = lines.get(timeout=0.5)
+        except queue.Empty: line = ""
+        if line is None: break
+        try: m = json.loads(line) if line.strip() else None
+        except ValueError: m = None   # not one of our messages
+        if isinstance(m, dict) and "kind" in m:
             kind = m.pop("kind")
             if kind == "started":
                 seen[m["rank"]] = m["world_size"]
