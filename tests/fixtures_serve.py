@@ -78,8 +78,9 @@ def _server_factory(root:Path, base:str):
     "`(start, procs)`: `start(name='a', api_keys=None, extra_args=(), state_dir=None, env=None, base_model=None)` -> a started `ServerProc`."
     procs = []
     def start(name="a", api_keys=None, extra_args=(), state_dir=None, env=None, base_model=None):
-        p = ServerProc(state_dir or root/f"serve-{name}", base_model or base, api_keys, extra_args, env).start()
-        procs.append(p); return p
+        p = ServerProc(state_dir or root/f"serve-{name}", base_model or base, api_keys, extra_args, env)
+        procs.append(p)   # before start: a server that doesn't come up in time is still stopped at teardown
+        return p.start()
     return start, procs
 
 

@@ -18,9 +18,10 @@ from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPE
     check_hyperparameters as _check_hyperparameters, resolve_report_to)
 
 # %% auto #0
-__all__ = ['SERVER_RESTARTED', 'MLFLOW_EXPERIMENT', 'check_hyperparameters', 'openai_hyperparameters', 'job_method',
-           'training_configs', 'trained_hyperparameters', 'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint',
-           'metrics_csv', 'wandb_unavailable', 'job_params']
+__all__ = ['JOB_EXECUTORS', 'SERVER_RESTARTED', 'RAY_STOP_GRACE', 'RAY_START_TRIES', 'MLFLOW_EXPERIMENT', 'check_hyperparameters',
+           'openai_hyperparameters', 'job_method', 'training_configs', 'trained_hyperparameters', 'Executor',
+           'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv', 'RayChannel', 'ray_temp_dir',
+           'ray_init', 'ray_train_worker', 'ray_driver', 'wandb_unavailable', 'job_params']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
 def check_hyperparameters(
@@ -54,6 +55,32 @@ def trained_hyperparameters(hp:dict, tcfg:TrainingConfig)->dict:
     "OpenAI's three as the trainer runs them (no \"auto\" left)."
     return {k: v for k, v in tcfg.to_openai().items() if k in OPENAI_HYPERPARAMETERS or k == "beta"}
 
+# %% ../../nbs/07d_jobs.ipynb #a293fa2f
+import dataclasses, importlib, importlib.util, logging, os, time
+from ..core import ConfigError, TrainingError
+
+JOB_EXECUTORS = ("local", "ray")
+
+@dataclass
+class Executor:
+    "Where the server's jobs train, as the operator configured it."
+    kind:str="local"          # "local" (in the server's process) or "ray" (a Ray Train run)
+    address:str|None=None     # Ray cluster address; None starts a local Ray instance
+    workers:int=1             # Ray Train workers (training processes) per job
+
+    @classmethod
+    def from_env(cls, env:dict|None=None)->Executor:
+        "`$FINETUNE_NB_JOB_EXECUTOR`, `$FINETUNE_NB_RAY_ADDRESS` and `$FINETUNE_NB_RAY_WORKERS`, checked (`ConfigError` names the variable)."
+        env = os.environ if env is None else env
+        kind = (env.get("FINETUNE_NB_JOB_EXECUTOR") or "local").strip().lower()
+        if kind not in JOB_EXECUTORS: raise ConfigError(f"FINETUNE_NB_JOB_EXECUTOR={kind!r} is not one of {', '.join(JOB_EXECUTORS)}")
+        if kind == "local": return cls()
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("FINETUNE_NB_JOB_EXECUTOR=ray needs Ray Train", hint="pip install 'finetune_nb[ray]'")
+        w = (env.get("FINETUNE_NB_RAY_WORKERS") or "1").strip()
+        if not (w.isdigit() and int(w) >= 1): raise ConfigError(f"FINETUNE_NB_RAY_WORKERS={w!r} is not a whole number of at least 1")
+        return cls("ray", (env.get("FINETUNE_NB_RAY_ADDRESS") or "").strip() or None, int(w))
+
 # %% ../../nbs/07d_jobs.ipynb #42279f8a
 @dataclass
 class TrainPlan:
@@ -70,6 +97,7 @@ class Jobs:
         self.log,self.counters = get_logger("finetune_nb.serve"),{}
         self._wake,self._stop,self._running,self._worker = threading.Event(),threading.Event(),{},None
         self.mlflow_uri,self._tracked = os.environ.get("FINETUNE_NB_MLFLOW_URI") or None,{}   # see "Tracking" below
+        self.executor = Executor.from_env()   # where jobs train (`local` or `ray`), checked at start
 
     def count(self, name:str): self.counters[name] = self.counters.get(name, 0) + 1
 
@@ -237,6 +265,7 @@ def prepare(self:Jobs, job_id:str)->TrainPlan|None:
 @patch
 def train(self:Jobs, plan:TrainPlan, stop:threading.Event):
     "Run the local trainer on `plan`, recording metrics events and checkpoints as they come."
+    if self.executor.kind == "ray": return self._train_ray(plan, stop)
     from finetune_nb.lora import LocalFineTuner
     tuner = LocalFineTuner(plan.base, lora_config=plan.lora_config, training_config=plan.training_config, output_dir=str(plan.out))
     def on_log(logs:dict):
@@ -314,6 +343,194 @@ def fail(self:Jobs, job_id:str, e:Exception):
     self.store.update("jobs", job_id, status="failed", finished_at=now(), error={"code": code, "param": None, "message": msg[:2000]})
     self.event(job_id, f"Fine-tuning job failed: {msg[:500]}", level="error")
     self.count("jobs_failed")
+
+# %% ../../nbs/07d_jobs.ipynb #eb1372b5
+RAY_STOP_GRACE = 120.0   # seconds a cancelled Ray run gets to stop after its current step before its driver is killed
+
+class RayChannel:
+    "An actor between the server and a Ray job's workers: messages up (a queue the server drains), stop down (a flag the workers poll)."
+    def __init__(self): self.messages,self.stopped = [],False
+    def put(self, message:dict): self.messages.append(message)
+    def drain(self)->list[dict]: out,self.messages = self.messages,[]; return out
+    def stop(self): self.stopped = True
+    def is_stopped(self)->bool: return self.stopped
+
+def ray_temp_dir(root:Path)->Path:
+    "A temp dir for a local Ray instance: under `root` when that path is short (Ray's socket paths are limited), else under /tmp."
+    p = Path(root)/"ray"
+    return p if len(str(p)) <= 40 else Path("/tmp")/f"fnb-ray-{os.getuid()}"
+
+_RAY_LOCK = threading.Lock()
+RAY_START_TRIES = 3   # a local Ray node that doesn't register in time (Ray waits 30 s; an overloaded machine can miss it) is started again
+
+def _end_ray_leftovers(tmp:Path):
+    "Kill what a failed local Ray start left running: the server's child processes that name Ray's temp dir `tmp`."
+    try: import psutil
+    except ImportError: return
+    def ours(p):
+        try: return any(str(tmp) in a for a in p.cmdline())
+        except psutil.Error: return False
+    procs = [p for p in psutil.Process().children(recursive=True) if ours(p)]
+    for p in procs:
+        try: p.kill()
+        except psutil.Error: pass
+    psutil.wait_procs(procs, timeout=10)
+
+def ray_init(ex:Executor, root:Path):
+    "Connect to `ex.address`, or start a local Ray instance with `ex.workers` CPUs (quiet, no dashboard), once per process."
+    import ray
+    # Ray Train gives a worker group 60 s to start; each worker imports torch and transformers, which takes longer on a busy machine
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    with _RAY_LOCK:
+        if ray.is_initialized(): return
+        kw = dict(log_to_driver=False, logging_level=logging.WARNING, namespace="finetune_nb")
+        if ex.address:
+            try: return ray.init(address=ex.address, **kw)
+            except Exception as e: raise TrainingError(f"could not connect to the Ray cluster at FINETUNE_NB_RAY_ADDRESS={ex.address!r}: {e}") from e
+        tmp = ray_temp_dir(root); tmp.mkdir(parents=True, exist_ok=True)
+        for i in range(RAY_START_TRIES):
+            try: return ray.init(num_cpus=ex.workers, include_dashboard=False, _temp_dir=str(tmp), **kw)
+            except Exception as e:
+                ray.shutdown(); _end_ray_leftovers(tmp)   # a half-started node is not shut down by Ray
+                if i == RAY_START_TRIES - 1: raise TrainingError(f"could not start a local Ray instance ({RAY_START_TRIES} tries): {e}",
+                                                                 hint="see the Ray logs under " + str(tmp)) from e
+                get_logger("finetune_nb.serve").warning("starting a local Ray instance failed (%s); trying again", e)
+
+# %% ../../nbs/07d_jobs.ipynb #d4f5bc1d
+def _worker_error(e:BaseException)->dict:
+    "An exception as a message (our own error types keep their class, message and hint)."
+    if isinstance(e, FinetuneNBError): return {"kind": "error", "module": type(e).__module__, "type": type(e).__name__, "message": e.message, "hint": e.hint}
+    return {"kind": "error", "module": None, "type": type(e).__name__, "message": str(e), "hint": None}
+
+def ray_train_worker(cfg:dict):
+    "The Ray Train loop of one worker: the local trainer on the plan, in Ray's process group, reporting to the channel."
+    import ray, ray.train
+    from finetune_nb.lora import LocalFineTuner
+    ctx, ch = ray.train.get_context(), cfg["channel"]
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    stop, done = threading.Event(), threading.Event()
+    def watch():   # a cancel reaches every worker; `_any_rank` then stops all of them at the same step
+        while not done.is_set():
+            if ray.get(ch.is_stopped.remote()): stop.set(); return
+            done.wait(0.5)
+    threading.Thread(target=watch, name="finetune_nb-ray-stop", daemon=True).start()
+    try:
+        tuner = LocalFineTuner(cfg["base"], lora_config=cfg["lora_config"], training_config=cfg["training_config"], output_dir=cfg["output_dir"])
+        seen = tuner._training_args(cfg["val"] is not None).world_size   # what the Trainer will shard over
+        ray.get(ch.put.remote({"kind": "started", "rank": rank, "world_size": seen, "ray_world_size": world}))
+        if seen != world: raise TrainingError(f"the Trainer in Ray worker {rank} sees world size {seen}, not Ray's {world}")
+        on_log = lambda rec: ch.put.remote({"kind": "log", **rec})
+        res = tuner.train(cfg["train"], eval_data=cfg["val"], resume_from_checkpoint=cfg["resume"], callbacks=[on_log], stop_event=stop)
+        if rank == 0: ray.get(ch.put.remote({"kind": "done", "result": res.to_dict()}))
+    except BaseException as e:
+        ray.get(ch.put.remote(_worker_error(e))); raise
+    finally: done.set()
+
+# %% ../../nbs/07d_jobs.ipynb #ea350f5b
+def _raise_worker_error(m:dict):
+    "Raise a worker's error in the server (as our own type when it was one)."
+    try: cls = getattr(importlib.import_module(m["module"]), m["type"]) if m["module"] else None
+    except (ImportError, AttributeError): cls = None
+    if cls is not None and issubclass(cls, FinetuneNBError): raise cls(m["message"], hint=m["hint"])
+    raise TrainingError(f"a Ray worker failed: {m['type']}: {m['message']}")
+
+def ray_driver(spec_path:str):
+    "One job's Ray driver, in a process of its own: starts the Ray Train run of the pickled spec, forwards the channel's messages to stdout as JSON lines, stops the run on 'stop' or EOF on stdin."
+    import pickle, sys
+    out = os.fdopen(os.dup(1), "w", buffering=1); os.dup2(2, 1)   # the pipe carries only our messages; prints go to the log
+    send = lambda m: out.write(json.dumps(m) + "\n")
+    try:
+        import ray
+        from ray.train import RunConfig, ScalingConfig, FailureConfig
+        from ray.train.torch import TorchTrainer
+        spec = pickle.loads(Path(spec_path).read_bytes())
+        ex = Executor(**spec.pop("executor"))
+        ray_init(ex, Path(spec.pop("ray_root")))
+        res = ray.cluster_resources()
+        use_gpu = res.get("GPU", 0) >= ex.workers
+        if not use_gpu and res.get("CPU", 0) < ex.workers:   # Ray Train would wait for them forever
+            raise TrainingError(f"the Ray cluster has {res.get('CPU', 0):g} CPUs, fewer than FINETUNE_NB_RAY_WORKERS={ex.workers} workers need",
+                                hint="lower FINETUNE_NB_RAY_WORKERS or add nodes to the cluster")
+        channel = ray.remote(num_cpus=0)(RayChannel).remote()
+        def watch_stdin():   # "stop" from the server, or EOF when the server went away
+            for line in sys.stdin:
+                if line.strip() == "stop": break
+            channel.stop.remote()
+        threading.Thread(target=watch_stdin, name="finetune_nb-ray-stdin", daemon=True).start()
+        trainer = TorchTrainer(ray_train_worker, train_loop_config={**spec, "channel": channel},
+                               scaling_config=ScalingConfig(num_workers=ex.workers, use_gpu=use_gpu),
+                               run_config=RunConfig(name=spec["job_id"], storage_path=str(Path(spec["output_dir"]).resolve()/"ray"),
+                                                    failure_config=FailureConfig(max_failures=0)))
+        box = {}
+        def fit():
+            try: box["result"] = trainer.fit()
+            except BaseException as e: box["error"] = e
+        th = threading.Thread(target=fit, name="finetune_nb-ray-fit", daemon=True); th.start()
+        while True:
+            alive = th.is_alive()
+            for m in ray.get(channel.drain.remote()): send(m)
+            if not alive: break
+            th.join(0.5)
+        if "error" in box: send({"kind": "error", "module": None, "type": "RayTrainError", "message": f"{type(box['error']).__name__}: {box['error']}"[:2000], "hint": None})
+    except BaseException as e: send(_worker_error(e))
+    finally: out.flush()
+
+# %% ../../nbs/07d_jobs.ipynb #389aaf85
+@patch
+def _train_ray(self:Jobs, plan:TrainPlan, stop:threading.Event):
+    "Run `plan` as a Ray Train run of `executor.workers` workers, driven from a child process; metrics events, checkpoints and cancel as for a local job."
+    import pickle, queue, subprocess, sys
+    from finetune_nb.lora import TrainResult
+    from finetune_nb.tiny import resolve_model_path
+    ex, job_id = self.executor, plan.job["id"]
+    records = lambda d: None if d is None else d.to_records() if hasattr(d, "to_records") else list(d)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    spec = dict(executor=dataclasses.asdict(ex), ray_root=str(self.root), job_id=job_id, base=resolve_model_path(plan.base),
+                lora_config=plan.lora_config, training_config=plan.training_config, output_dir=str(plan.out),
+                train=records(plan.train), val=records(plan.val), resume=plan.resume)
+    (plan.out/"ray_job.pkl").write_bytes(pickle.dumps(spec))
+    # Ray runs in a child process, never in the server's: its start-up, threads and signal handlers stay out of the HTTP server
+    with open(plan.out/"ray_driver.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; from finetune_nb.serve.jobs import ray_driver; ray_driver(sys.argv[1])",
+                                 str(plan.out/"ray_job.pkl")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    lines = queue.Queue()
+    def read():
+        for l in proc.stdout: lines.put(l)
+        lines.put(None)   # EOF: the driver is gone
+    threading.Thread(target=read, name=f"finetune_nb-ray-{job_id}", daemon=True).start()
+    self.event(job_id, f"Starting a Ray Train run with {ex.workers} worker{'s'*(ex.workers != 1)}")
+    seen, result, error, stopped_at = {}, None, None, None
+    while True:
+        try: line = lines.get(timeout=0.5)
+        except queue.Empty: line = ""
+        if line is None: break
+        try: m = json.loads(line) if line.strip() else None
+        except ValueError: m = None   # not one of our messages
+        if isinstance(m, dict) and "kind" in m:
+            kind = m.pop("kind")
+            if kind == "started":
+                seen[m["rank"]] = m["world_size"]
+                if m["rank"] == 0: self.event(job_id, f"Training on Ray: world size {m['world_size']}", data={"executor": "ray", "world_size": m["world_size"]})
+            elif kind == "log": self._record_metrics(plan, m); self._record_checkpoints(plan)
+            elif kind == "done": result = m["result"]
+            elif kind == "error" and error is None: error = m
+        if stop.is_set() and stopped_at is None:
+            stopped_at = time.monotonic()
+            try: proc.stdin.write("stop\n"); proc.stdin.flush()
+            except OSError: pass
+        if stopped_at is not None and time.monotonic() - stopped_at > RAY_STOP_GRACE and proc.poll() is None:
+            self.log.warning("job %s: the Ray run did not stop within %ss; ending its driver", job_id, RAY_STOP_GRACE)
+            proc.kill()   # the run's actors belong to the driver: Ray ends them with it
+    proc.wait()
+    self._record_checkpoints(plan)
+    if stop.is_set(): return None   # cancelled or shutting down: `run` returns without finishing
+    if error is not None: _raise_worker_error(error)
+    if sorted(seen) != list(range(ex.workers)) or set(seen.values()) != {ex.workers}:
+        raise TrainingError(f"the Ray run trained with world sizes {seen} (rank: size), not {ex.workers}",
+                            hint="check the cluster's resources and FINETUNE_NB_RAY_WORKERS")
+    if result is None: raise TrainingError(f"the Ray Train run ended (driver exit code {proc.returncode}) without a result from rank 0",
+                                           hint="see ray_driver.log in the job's folder")
+    return TrainResult(**result)
 
 # %% ../../nbs/07d_jobs.ipynb #7f084e62
 MLFLOW_EXPERIMENT = "finetune-nb"
