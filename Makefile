@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: outputs install demo test test-fast test-slow test-engines engines lint-sync export clean-nbs readme docs browser bench help
+.PHONY: outputs install demo test test-fast test-slow test-engines engines bench-engines lint-sync export clean-nbs readme docs browser bench help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -88,6 +88,9 @@ engines: $(VENV_VLLM)/.installed $(VENV_GGUF)/.installed  ## install vLLM (CPU) 
 
 test-engines: engines  ## opt-in: our server vs vLLM and llama.cpp (markers vllm, gguf)
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest tests -q -m "vllm or gguf"
+
+bench-engines: engines  ## opt-in: requests/s and p50 of our server vs vLLM (CPU) on the same model
+	OMP_NUM_THREADS=1 $(PY) bench/serve_engines.py
 
 export: install  ## clean notebooks, export the library, regenerate README
 	$(VENV)/bin/nbdev_clean

@@ -838,7 +838,7 @@ def serve(
     state_dir:str|None=None,         # the server's files, jobs and database (default DATA_DIR/serve)
     max_upload_bytes:int|None=None,  # file upload limit in bytes, counted as the body streams in (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
     max_body_bytes:int|None=None,    # limit in bytes of every other (JSON) request body (default `$FINETUNE_NB_MAX_BODY_BYTES` or 16 MiB)
-    backends:str|None=None,          # upstream backends aliases may use, as JSON {name: {"url": ..., "key_env": VAR}} or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
+    backends:str|None=None,          # upstream backends aliases may use, as JSON {name: {"url": ..., "key_env": VAR, "type": "openai|vllm|llamacpp"}} or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
     base_model:list[str]|None=None,  # a base model to serve (repeatable; default `$FINETUNE_NB_BASE_MODELS` or the tiny model)
     model_map:str|None=None,         # OpenAI model names served by local base models, e.g. gpt-4o-mini-2024-07-18=finetune-nb/tiny (default `$FINETUNE_NB_MODEL_MAP`)
     max_batch:int=32,                # most requests per generation batch (1 = no batching)

@@ -58,7 +58,7 @@ class Service:
         batch_wait_ms:float=15.0,        # a batch closes when no request arrives for this long (at most 150 ms)
         loader:Callable|None=None,       # (base, adapter) -> (model, tokenizer); default `engine.load_pair`
         run_jobs:bool=True,              # start the fine-tuning worker
-        backends:str|dict|None=None,     # declared upstream backends `{name: {url, key_env}}` (default `$FINETUNE_NB_BACKENDS`)
+        backends:str|dict|None=None,     # declared upstream backends `{name: {url, key_env, type}}` (default `$FINETUNE_NB_BACKENDS`)
         max_queue:int=256,               # chat requests waiting or running at once; more get 429 with Retry-After
     ):
         self.data_dir = get_config(data_dir).data_dir

