@@ -792,7 +792,8 @@ def export_gguf(
     folder = llama_cpp_converters()   # before any work: the clear error when llama-cpp-python is missing
     model_dir, base, adapter = _export_source(model)
     if mode == "lora" and adapter is None: raise UsageError(f"{model}: --mode lora needs a LoRA adapter folder; this is a whole model (use --mode merged)")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", (adapter.parent.name if adapter is not None and adapter.name == "adapter" else (adapter or model_dir).name)) or "model"
+    src = adapter or model_dir
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", src.parent.name if src.name in ("adapter", "model") else src.name) or "model"
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -822,7 +823,8 @@ def export_(
     json:bool=False,                         # print the written paths as JSON
 )->int:
     "Export a fine-tuned model as GGUF (llama.cpp's converters from the installed llama-cpp-python) with an Ollama Modelfile."
-    out = Path(out_dir) if out_dir else (Path(model) if Path(model).is_dir() else Path(model.replace("/", "-")))/"gguf"
+    d = Path(model) if Path(model).is_dir() else Path(model.replace("/", "-"))
+    out = Path(out_dir) if out_dir else (d.parent if d.name in ("adapter", "model") else d)/"gguf"
     r = export_gguf(model, out, mode=mode, outtype=outtype, pre_tokenizer=pre_tokenizer)
     if json: emit_json(r); return 0
     print(f"wrote {r['model']}" + (f" and {r['adapter']}" if r["adapter"] else "") + f"\nOllama: cd {out} && ollama create NAME -f Modelfile"

