@@ -37,19 +37,27 @@ def _stop(p:subprocess.Popen):
         except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL); p.wait(30)
 
 
+def _cache()->Path:
+    "Trained fixtures are kept under the test data dir (like the tiny model): the engines' runs retrain nothing."
+    from finetune_nb.core import get_config
+    return get_config().data_dir/"engines-fixtures"
+
+
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     from finetune_nb.demo import write_demo_files
     paths = write_demo_files(tmp_path_factory.mktemp("demo"), n_train=2000, n_test=N_PROMPTS, seed=0)
-    prompts = [[m for m in json.loads(l)["messages"] if m["role"] != "assistant"] for l in paths["test"].read_text().splitlines()]
-    return paths["train"], prompts[:N_PROMPTS]
+    tickets = [[m for m in json.loads(l)["messages"] if m["role"] != "assistant"] for l in paths["test"].read_text().splitlines()]
+    free = [[{"role": "user", "content": "Tell me about your day."}], [{"role": "user", "content": "Where is my parcel? It is two weeks late."}]]
+    return paths["train"], (tickets[:N_PROMPTS - len(free)] + free)   # 3 demo tickets (the task) and 2 free-form messages (replies that differ)
 
 
 @pytest.fixture(scope="module")
 def lora_adapter(demo_data, tmp_path_factory, serve_base_model):
-    "A LoRA adapter trained on the demo data (60 steps)."
+    "A LoRA adapter trained on the demo data (60 steps; cached)."
     from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
-    out = tmp_path_factory.mktemp("lora-run")
+    out = _cache()/"lora-run"
+    if (out/"train_result.json").exists(): return Path(json.loads((out/"train_result.json").read_text())["adapter_dir"])
     res = LocalFineTuner(serve_base_model, LoRAConfig(r=8, alpha=16, target_modules="all-linear"),
                          TrainingConfig(lr=2e-3, batch_size=16, grad_accum=1, max_steps=60, max_length=256, seed=0), output_dir=out).train(demo_data[0])
     return Path(res.adapter_dir)
@@ -57,10 +65,11 @@ def lora_adapter(demo_data, tmp_path_factory, serve_base_model):
 
 @pytest.fixture(scope="module")
 def demo_model(demo_data, tmp_path_factory, serve_base_model):
-    "The demo model: the demo recipe (a full fine-tune of the tiny model)."
+    "The demo model: the demo recipe (a full fine-tune of the tiny model; cached)."
     from finetune_nb.demo import demo_recipe
     from finetune_nb.lora import LocalFineTuner, TrainingConfig
-    out = tmp_path_factory.mktemp("demo-run")
+    out = _cache()/"demo-run"
+    if (out/"train_result.json").exists(): return Path(json.loads((out/"train_result.json").read_text())["adapter_dir"])
     res = LocalFineTuner(serve_base_model, None, TrainingConfig(**demo_recipe()["training"]), output_dir=out).train(demo_data[0])
     return Path(res.adapter_dir)
 
@@ -106,7 +115,7 @@ def test_vllm_serves_our_adapter_through_an_alias(our_server, lora_adapter, demo
         assert FT_LORA in [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]   # loaded at deploy
         ours, theirs = _replies(srv, FT_LORA, demo_data[1]), _replies(srv, "on-vllm", demo_data[1])
         print("\n".join(f"ours={a!r}\nvllm={b!r}" for a, b in zip(ours, theirs)))
-        assert ours == theirs and all(ours)
+        assert ours == theirs and len(set(ours)) > 1
         assert _replies(srv, serve_base_model, demo_data[1][:2]) != ours[:2]   # the adapter matters
         assert httpx.delete(srv.url + "/v1/fine-tune/deploy/on-vllm").status_code == 200
         assert FT_LORA not in [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]   # unloaded at undeploy
@@ -130,7 +139,7 @@ def test_vllm_serves_our_merged_model(our_server, lora_adapter, demo_data, tmp_p
         assert httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "merged-on-vllm", "model": "merged", "backend": "vl"}).status_code == 200
         ours, theirs = _replies(srv, FT_LORA, demo_data[1]), _replies(srv, "merged-on-vllm", demo_data[1])
         print("\n".join(f"ours={a!r}\nvllm={b!r}" for a, b in zip(ours, theirs)))
-        assert ours == theirs and all(ours)
+        assert ours == theirs and len(set(ours)) > 1
     finally: _stop(vllm)
 
 
@@ -165,5 +174,5 @@ def test_gguf_export_served_by_llama_cpp(which, our_server, demo_model, lora_ada
         assert httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "on-llama", "model": "gguf", "backend": "lc"}).status_code == 200
         ours, theirs = _replies(srv, model_id, demo_data[1]), _replies(srv, "on-llama", demo_data[1])
         print("\n".join(f"ours={a!r}\nllama={b!r}" for a, b in zip(ours, theirs)))
-        assert ours == theirs and all(ours)
+        assert ours == theirs and len(set(ours)) > 1
     finally: _stop(llama)
