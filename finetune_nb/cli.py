@@ -11,10 +11,11 @@ from fastcore.docments import docments
 from .core import FinetuneNBError, ConfigError, DataError, get_config
 
 # %% auto #0
-__all__ = ['COMMANDS', 'FORMAT', 'METHOD', 'PIPELINES_DIR', 'PIPELINES', 'command', 'make_parser', 'emit_json', 'json_mode',
-           'UsageError', 'main', 'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split', 'dedupe',
-           'command_argv', 'torchrun', 'train', 'eval_', 'migrate', 'archive', 'jobs', 'env_info', 'parse_param',
-           'pipeline_path', 'pipeline_params', 'Progress', 'run_pipeline', 'headline_lines', 'run', 'demo', 'serve']
+__all__ = ['COMMANDS', 'FORMAT', 'METHOD', 'PIPELINES_DIR', 'PIPELINES', 'GGUF_HINT', 'command', 'make_parser', 'emit_json',
+           'json_mode', 'UsageError', 'main', 'run_cli', 'preflight_report', 'validate', 'stats', 'convert', 'split',
+           'dedupe', 'command_argv', 'torchrun', 'train', 'eval_', 'migrate', 'archive', 'jobs', 'env_info',
+           'parse_param', 'pipeline_path', 'pipeline_params', 'Progress', 'run_pipeline', 'headline_lines', 'run',
+           'demo', 'llama_cpp_converters', 'gguf_pre_tokenizer', 'ollama_modelfile', 'export_gguf', 'export_', 'serve']
 
 # %% ../nbs/10_cli.ipynb #1d6c54a9
 COMMANDS:dict = {}  # name -> (function, extra argparse kwargs per parameter)
@@ -706,6 +707,164 @@ def demo(
     print("\n".join(headline_lines(run_dir)))
     return 0
 
+# %% ../nbs/10_cli.ipynb #97c262cb
+GGUF_HINT = "pip install finetune_nb[gguf]  (llama-cpp-python, gguf, sentencepiece; llama-cpp-python builds llama.cpp from source, ~17 min on 2 cores)"
+
+def llama_cpp_converters()->Path:
+    "The folder of llama.cpp's `convert_hf_to_gguf.py` and `convert_lora_to_gguf.py` in the installed `llama-cpp-python` (a `ConfigError` naming the extra when absent)."
+    import importlib.util, site, sysconfig
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("exporting GGUF needs llama.cpp's converters from llama-cpp-python, which is not installed", hint=GGUF_HINT)
+    pkg = Path(next(iter(spec.submodule_search_locations)))
+    roots = [pkg, pkg.parent, *map(Path, site.getsitepackages()), Path(sysconfig.get_path("data"))]
+    for root in roots:
+        for d in [root, root/"vendor"/"llama.cpp", root/"llama_cpp"/"vendor"/"llama.cpp", root/"bin", root/"share"/"llama.cpp"]:
+            if (d/"convert_hf_to_gguf.py").is_file() and (d/"convert_lora_to_gguf.py").is_file(): return d
+    raise ConfigError(f"llama-cpp-python is installed ({pkg}) but llama.cpp's convert_hf_to_gguf.py is not beside it", hint=GGUF_HINT)
+
+def gguf_pre_tokenizer(
+    model_dir:str|Path, # a model or tokenizer folder with `tokenizer.json`
+)->str|None:            # "gpt-2" for byte-level BPE split by GPT-2's regex; None otherwise
+    "The llama.cpp pre-tokenizer a tokenizer's own `tokenizer.json` declares, when it is GPT-2's."
+    p = Path(model_dir)/"tokenizer.json"
+    if not p.is_file(): return None
+    pre = json.loads(p.read_text()).get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return "gpt-2" if len(parts) == 1 and parts[0].get("type") == "ByteLevel" and parts[0].get("use_regex", True) else None
+
+# %% ../nbs/10_cli.ipynb #4f985433
+_CONVERT = r'''
+import sys, runpy
+folder, pre, script, *argv = sys.argv[1:]
+sys.path[:0] = [folder]
+if pre:   # the pre-tokenizer finetune_nb declares when llama.cpp does not know the tokenizer's hash
+    from conversion.base import TextModel
+    known = TextModel.get_vocab_base_pre
+    def declared(self, tokenizer):
+        try: return known(self, tokenizer)
+        except NotImplementedError: return pre
+    TextModel.get_vocab_base_pre = declared
+sys.argv = [script, *argv]
+runpy.run_path(script, run_name="__main__")
+'''
+
+def _run_converter(folder:Path, script:str, args:list, pre:str|None):
+    "Run one of llama.cpp's converters in its own process; a `FinetuneNBError` with its last lines if it fails."
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", _CONVERT, str(folder), pre or "", str(folder/script), *map(str, args)], capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-8:])
+        raise FinetuneNBError(f"llama.cpp's {script} failed (exit {r.returncode}):\n{tail}",
+                              hint="for an unrecognised BPE pre-tokenizer pass --pre-tokenizer NAME (a llama.cpp name such as gpt-2, llama-bpe, qwen2)" if "pre-tokenizer" in r.stderr else None)
+
+def _stage_tokenizer(src:str|Path, dst:Path):
+    "Save `src`'s tokenizer into `dst` with its chat template minus transformers' `{% generation %}` markers (training-only; other Jinja engines reject them)."
+    import re
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(src))
+    if isinstance(tok.chat_template, str): tok.chat_template = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", tok.chat_template)
+    tok.save_pretrained(str(dst))
+    return tok
+
+def _stage_model(model_dir:Path, dst:Path)->Path:
+    "A folder for the converter: `model_dir`'s config and weights (linked, not copied) and a staged tokenizer."
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.suffix == ".safetensors" or f.name in ("config.json", "generation_config.json", "model.safetensors.index.json"): (dst/f.name).symlink_to(f.resolve())
+    _stage_tokenizer(model_dir, dst)
+    return dst
+
+# %% ../nbs/10_cli.ipynb #e2959591
+def ollama_modelfile(
+    tok,                    # the exported tokenizer (its chat template and EOS)
+    model_file:str,         # the GGUF, relative to the Modelfile
+    adapter_file:str|None=None, # the LoRA-adapter GGUF (with --mode lora)
+)->str:                     # an Ollama Modelfile
+    "An Ollama `Modelfile`: the GGUF(s), a TEMPLATE rendering system/user/assistant turns as the chat template does, EOS as stop, no repeat penalty."
+    mark = "\x00MSG\x00"
+    def turn(role):   # what the chat template writes around one message of `role`
+        one = tok.apply_chat_template([{"role": role, "content": mark}], tokenize=False)
+        return one.split(mark)
+    bos = tok.bos_token if tok.bos_token and all(turn(r)[0].startswith(tok.bos_token) for r in ("system", "user", "assistant")) else ""
+    user = tok.apply_chat_template([{"role": "user", "content": mark}], tokenize=False)
+    gen = tok.apply_chat_template([{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True)[len(user):]
+    cases = "".join(f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{r}" }}}}{turn(r)[0][len(bos):]}{{{{ .Content }}}}{turn(r)[1]}'
+                    for i, r in enumerate(("system", "user", "assistant")))
+    template = f"{bos}{{{{- range .Messages }}}}{cases}{{{{ end }}}}{{{{ end }}}}{gen}"
+    lines = [f"FROM ./{model_file}"] + ([f"ADAPTER ./{adapter_file}"] if adapter_file else []) + [f'TEMPLATE """{template}"""']
+    if tok.eos_token: lines.append(f'PARAMETER stop "{tok.eos_token}"')
+    lines.append("PARAMETER repeat_penalty 1.0")   # OpenAI's API (and our server) apply none
+    return "\n".join(lines) + "\n"
+
+# %% ../nbs/10_cli.ipynb #018f6968
+def _export_source(model:str|Path)->tuple[Path, str|None, Path|None]:
+    "(model folder, base model, adapter folder) of `model`: a run folder, an adapter or full/merged model folder, or a base model name."
+    from finetune_nb.tiny import resolve_model_path
+    p = Path(model)
+    for sub in ("adapter", "model"):
+        if (p/sub).is_dir() and not (p/"config.json").exists() and not (p/"adapter_config.json").exists(): p = p/sub
+    if (p/"adapter_config.json").is_file():
+        meta = json.loads((p/"finetune_nb.json").read_text()) if (p/"finetune_nb.json").is_file() else {}
+        base = meta.get("base_model") or json.loads((p/"adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base: raise UsageError(f"{p}: the adapter does not name its base model (finetune_nb.json base_model or adapter_config.json base_model_name_or_path)")
+        return Path(resolve_model_path(base)), base, p
+    d = Path(resolve_model_path(str(model)))
+    if not (d/"config.json").is_file(): raise UsageError(f"{model}: not a model folder (no config.json), adapter folder (no adapter_config.json) or run folder")
+    return d, None, None
+
+def export_gguf(
+    model:str|Path,           # a run folder, an adapter folder, a full or merged model folder, or a base model
+    out_dir:str|Path,         # where the GGUF file(s) and the Modelfile go
+    mode:str="merged",        # "merged": one GGUF with the adapter merged in; "lora": the base GGUF plus an adapter GGUF
+    outtype:str="auto",       # GGUF weights: f32, f16, bf16, q8_0, or auto (the converter's choice)
+    pre_tokenizer:str="auto", # "auto" (gpt-2 when tokenizer.json splits as GPT-2 and llama.cpp doesn't know it), "none", or a llama.cpp name
+)->dict:                      # {"model", "adapter", "modelfile", "pre_tokenizer"}
+    "Write `model` as GGUF with llama.cpp's converters from the installed llama-cpp-python, plus an Ollama Modelfile."
+    import re, tempfile
+    if mode not in ("merged", "lora"): raise UsageError(f"--mode must be merged or lora, got {mode!r}")
+    folder = llama_cpp_converters()   # before any work: the clear error when llama-cpp-python is missing
+    model_dir, base, adapter = _export_source(model)
+    if mode == "lora" and adapter is None: raise UsageError(f"{model}: --mode lora needs a LoRA adapter folder; this is a whole model (use --mode merged)")
+    src = adapter or model_dir
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", src.parent.name if src.name in ("adapter", "model") else src.name) or "model"
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if adapter is not None and mode == "merged":
+            from finetune_nb.lora import LocalFineTuner
+            LocalFineTuner(base).load_adapter(adapter).merge_and_save(tmp/"merged")
+            model_dir = tmp/"merged"
+        stage = _stage_model(model_dir, tmp/"stage")
+        pre = gguf_pre_tokenizer(stage) if pre_tokenizer == "auto" else (None if pre_tokenizer == "none" else pre_tokenizer)
+        model_file, adapter_file = out/f"{name}.gguf", (out/f"{name}-lora.gguf" if mode == "lora" else None)
+        _run_converter(folder, "convert_hf_to_gguf.py", [stage, "--outfile", model_file, "--outtype", outtype], pre)
+        if adapter_file is not None:
+            _run_converter(folder, "convert_lora_to_gguf.py", ["--base", stage, "--outfile", adapter_file, "--outtype", "f32" if outtype == "auto" else outtype, adapter], None)
+        from transformers import AutoTokenizer
+        modelfile = out/"Modelfile"
+        modelfile.write_text(ollama_modelfile(AutoTokenizer.from_pretrained(str(stage)), model_file.name, adapter_file and adapter_file.name))
+    return {"model": str(model_file), "adapter": adapter_file and str(adapter_file), "modelfile": str(modelfile), "pre_tokenizer": pre}
+
+@command(fmt=dict(flags=["fmt"]))
+def export_(
+    fmt:Literal["gguf"],                     # the format: gguf (llama.cpp, Ollama)
+    model:str,                               # a run folder, an adapter folder, a merged or full model folder, or a base model
+    out_dir:str|None=None,                   # where the files go (default: MODEL's folder + "/gguf")
+    mode:Literal["merged", "lora"]="merged", # one merged GGUF, or the base GGUF plus a LoRA-adapter GGUF
+    outtype:Literal["auto", "f32", "f16", "bf16", "q8_0"]="auto", # GGUF weight type
+    pre_tokenizer:str="auto",                # llama.cpp pre-tokenizer: auto (gpt-2 when the tokenizer splits as GPT-2), none, or a llama.cpp name
+    json:bool=False,                         # print the written paths as JSON
+)->int:
+    "Export a fine-tuned model as GGUF (llama.cpp's converters from the installed llama-cpp-python) with an Ollama Modelfile."
+    d = Path(model) if Path(model).is_dir() else Path(model.replace("/", "-"))
+    out = Path(out_dir) if out_dir else (d.parent if d.name in ("adapter", "model") else d)/"gguf"
+    r = export_gguf(model, out, mode=mode, outtype=outtype, pre_tokenizer=pre_tokenizer)
+    if json: emit_json(r); return 0
+    print(f"wrote {r['model']}" + (f" and {r['adapter']}" if r["adapter"] else "") + f"\nOllama: cd {out} && ollama create NAME -f Modelfile"
+          + f"\nllama.cpp: python -m llama_cpp.server --model {r['model']}" + (f" --lora_path {r['adapter']}" if r["adapter"] else ""))
+    return 0
+
 # %% ../nbs/10_cli.ipynb #6dd15343
 @command(base_model=dict(action="append", nargs=None, metavar="MODEL"))
 def serve(
@@ -715,7 +874,7 @@ def serve(
     state_dir:str|None=None,         # the server's files, jobs and database (default DATA_DIR/serve)
     max_upload_bytes:int|None=None,  # file upload limit in bytes, counted as the body streams in (default `$FINETUNE_NB_MAX_UPLOAD_BYTES` or 512 MiB)
     max_body_bytes:int|None=None,    # limit in bytes of every other (JSON) request body (default `$FINETUNE_NB_MAX_BODY_BYTES` or 16 MiB)
-    backends:str|None=None,          # upstream backends aliases may use, as JSON {name: {"url": ..., "key_env": VAR}} or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
+    backends:str|None=None,          # upstream backends aliases may use, as JSON {name: {"url": ..., "key_env": VAR, "type": "openai|vllm|llamacpp"}} or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
     base_model:list[str]|None=None,  # a base model to serve (repeatable; default `$FINETUNE_NB_BASE_MODELS` or the tiny model)
     model_map:str|None=None,         # OpenAI model names served by local base models, e.g. gpt-4o-mini-2024-07-18=finetune-nb/tiny (default `$FINETUNE_NB_MODEL_MAP`)
     max_batch:int=32,                # most requests per generation batch (1 = no batching)

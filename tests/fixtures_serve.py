@@ -35,7 +35,9 @@ class ServerProc:
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200: return self
             except httpx.HTTPError: pass
-            if time.time() - t0 > timeout: raise RuntimeError(f"server did not start in {timeout}s:\n{self.read_log()}")
+            if time.time() - t0 > timeout:
+                self.kill()   # not left running (and loading models) after the test gives up on it
+                raise RuntimeError(f"server did not start in {timeout}s:\n{self.read_log()}")
             time.sleep(0.1)
 
     @property

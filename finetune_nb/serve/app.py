@@ -33,7 +33,7 @@ __all__ = ['DEFAULT_MAX_UPLOAD', 'DEFAULT_MAX_BODY', 'REQUEST_ID_RE', 'MIDDLEWAR
            'service', 'owner', 'health', 'metrics', 'create_file', 'list_files', 'get_file', 'delete_file',
            'file_content', 'create_job', 'list_jobs', 'get_job', 'cancel_job', 'job_events', 'job_checkpoints',
            'list_models', 'get_model', 'delete_model', 'chat_completions', 'simple_create_job', 'simple_get_job',
-           'simple_deploy', 'simple_inference', 'simple_models', 'openapi_with_links', 'create_app',
+           'simple_deploy', 'simple_inference', 'simple_models', 'simple_undeploy', 'openapi_with_links', 'create_app',
            'import_model_libraries', 'run_server', 'ServerThread']
 
 # %% ../../nbs/07e_app.ipynb #e3aca9de
@@ -58,7 +58,7 @@ class Service:
         batch_wait_ms:float=15.0,        # a batch closes when no request arrives for this long (at most 150 ms)
         loader:Callable|None=None,       # (base, adapter) -> (model, tokenizer); default `engine.load_pair`
         run_jobs:bool=True,              # start the fine-tuning worker
-        backends:str|dict|None=None,     # declared upstream backends `{name: {url, key_env}}` (default `$FINETUNE_NB_BACKENDS`)
+        backends:str|dict|None=None,     # declared upstream backends `{name: {url, key_env, type}}` (default `$FINETUNE_NB_BACKENDS`)
         max_queue:int=256,               # chat requests waiting or running at once; more get 429 with Retry-After
     ):
         self.data_dir = get_config(data_dir).data_dir
@@ -376,6 +376,12 @@ def simple_models(svc:Svc, who:Owner):
     return {"models": {a["alias"]: a["model"] for a in aliases}, "object": "list", "data": [m.dump() for m in svc.models.list(who)], "aliases": aliases}
 
 ROUTERS = (ops, files, fine_tuning, models, chat, simple)
+
+# %% ../../nbs/07e_app.ipynb #c68c0f55
+@simple.delete("/deploy/{alias}", response_model=Deleted)
+def simple_undeploy(request:Request, svc:Svc, who:Owner, alias:str):
+    "Remove an alias of this key (or, for admin keys, a shared one); an adapter it loaded on a vLLM backend is unloaded there."
+    return svc.models.undeploy(who, alias, admin=request.state.admin)
 
 # %% ../../nbs/07e_app.ipynb #314de4e2
 LINKS = {   # (path, method) of a 200 response -> {link name: (target path, method, parameters, requestBody)}

@@ -20,9 +20,10 @@ from ..infer import build_prompt, completion_response, completion_chunk, encode,
 from .store import Store
 
 # %% auto #0
-__all__ = ['MODEL_NOT_FOUND', 'CLIENT_GONE', 'CHAT_SPEC_FIELDS', 'load_pair', 'parse_model_map', 'Target', 'Backend',
-           'parse_backends', 'Models', 'ModelPool', 'context_length', 'GenRequest', 'StreamResult', 'Batcher',
-           'upstream_body', 'upstream_error', 'upstream_client', 'upstream_complete', 'upstream_stream', 'Chat']
+__all__ = ['BACKEND_TYPES', 'MODEL_NOT_FOUND', 'ENGINE_BODY', 'CLIENT_GONE', 'CHAT_SPEC_FIELDS', 'load_pair', 'parse_model_map',
+           'Target', 'Backend', 'parse_backends', 'Models', 'engine_post', 'ModelPool', 'context_length', 'GenRequest',
+           'StreamResult', 'Batcher', 'upstream_body', 'upstream_error', 'upstream_client', 'upstream_complete',
+           'upstream_stream', 'Chat']
 
 # %% ../../nbs/07c_engine.ipynb #c32149aa
 def load_pair(
@@ -58,18 +59,21 @@ class Target:
     api_key_env:str|None=None      # the declared backend's key variable (sent only to `base_url`)
     alias:str|None=None            # the alias that led here
     backend:str|None=None          # the declared backend's name
+    backend_type:str|None=None     # the declared backend's type (`BACKEND_TYPES`)
 
 # %% ../../nbs/07c_engine.ipynb #6b9d7475
 @dataclass
 class Backend:
-    "An upstream OpenAI-compatible backend the operator declared: a name, its URL and its key's variable."
-    name:str; url:str; key_env:str|None=None
-    def target(self, model:str, alias:str|None=None)->Target: return Target(model, base_url=self.url, api_key_env=self.key_env, alias=alias, backend=self.name)
+    "An upstream OpenAI-compatible backend the operator declared: a name, its URL, its key's variable and its engine type."
+    name:str; url:str; key_env:str|None=None; type:str="openai"
+    def target(self, model:str, alias:str|None=None)->Target: return Target(model, base_url=self.url, api_key_env=self.key_env, alias=alias, backend=self.name, backend_type=self.type)
+
+BACKEND_TYPES = ("openai", "vllm", "llamacpp")   # any OpenAI-compatible server; vLLM (adapters loaded at deploy); llama.cpp's server
 
 _BACKEND_URL_RE = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
 
 def parse_backends(
-    spec:str|dict|None, # `{name: {"url": ..., "key_env": ...}}` as a dict, JSON, or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
+    spec:str|dict|None, # `{name: {"url": ..., "key_env": ..., "type": ...}}` as a dict, JSON, or a JSON file's path (default `$FINETUNE_NB_BACKENDS`)
 )->dict[str, Backend]:  # name -> declared backend
     "The operator's declared upstream backends (checked)."
     spec = os.environ.get("FINETUNE_NB_BACKENDS", "") if spec is None else spec
@@ -78,14 +82,15 @@ def parse_backends(
         try: spec = json.loads(spec if spec.lstrip().startswith("{") else Path(spec).expanduser().read_text())
         except (OSError, ValueError) as e: raise ConfigError(f"backends are not a readable JSON object: {type(e).__name__}: {e}",
                                                              hint='e.g. FINETUNE_NB_BACKENDS=\'{"vllm": {"url": "http://127.0.0.1:8001/v1", "key_env": "VLLM_KEY"}}\'') from None
-    if not isinstance(spec, dict): raise ConfigError("backends must be a JSON object {name: {url, key_env}}")
+    if not isinstance(spec, dict): raise ConfigError("backends must be a JSON object {name: {url, key_env, type}}")
     out = {}
     for name,d in spec.items():
         if not ALIAS_RE.fullmatch(str(name)): raise ConfigError(f"backend name {str(name)[:64]!r} must match {ALIAS_RE.pattern}")
-        if not isinstance(d, dict) or set(d) - {"url", "key_env"} or not _BACKEND_URL_RE.fullmatch(str(d.get("url", ""))):
-            raise ConfigError(f"backend {name!r} must be {{\"url\": \"http(s)://host[:port]/path\", \"key_env\": \"VAR\"}} (no query, fragment or credentials in the URL)")
+        if not isinstance(d, dict) or set(d) - {"url", "key_env", "type"} or not _BACKEND_URL_RE.fullmatch(str(d.get("url", ""))):
+            raise ConfigError(f"backend {name!r} must be {{\"url\": \"http(s)://host[:port]/path\", \"key_env\": \"VAR\", \"type\": \"openai|vllm|llamacpp\"}} (no query, fragment or credentials in the URL)")
         if d.get("key_env") is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", str(d["key_env"])): raise ConfigError(f"backend {name!r}: key_env must name an environment variable")
-        out[name] = Backend(name, d["url"].rstrip("/"), d.get("key_env"))
+        if d.get("type", "openai") not in BACKEND_TYPES: raise ConfigError(f"backend {name!r}: type must be one of {list(BACKEND_TYPES)}, got {str(d.get('type'))[:64]!r}")
+        out[name] = Backend(name, d["url"].rstrip("/"), d.get("key_env"), d.get("type", "openai"))
     return out
 
 # %% ../../nbs/07c_engine.ipynb #f15c6062
@@ -165,6 +170,41 @@ def resolve(self:Models, owner:str, name:str, follow_alias:bool=True)->Target:
     if ":ckpt-step-" in name and (t := _checkpoint_target(self, owner, name)) is not None: return t
     raise APIError(404, MODEL_NOT_FOUND.format(name[:256]), param="model", code="model_not_found")
 
+# %% ../../nbs/07c_engine.ipynb #9fd0293b
+ENGINE_BODY = {"llamacpp": {"repeat_penalty": 1.0}}   # what each engine type needs to sample as OpenAI's API does
+
+def engine_post(
+    backend:Backend, # a declared backend
+    path:str,        # e.g. "load_lora_adapter", under the backend's URL
+    body:dict,       # the JSON body
+    ok:tuple=(),     # error statuses that count as done (e.g. 404 when unloading)
+):
+    "POST `body` to a declared backend's `path` with its own key; 502 (naming the backend) unless it succeeds."
+    import httpx
+    key = os.environ.get(backend.key_env, "") if backend.key_env else ""
+    try: r = httpx.post(f"{backend.url}/{path}", json=body, headers={"Authorization": f"Bearer {key}"} if key else None, timeout=300)
+    except httpx.HTTPError as e:
+        raise APIError(502, f"backend {backend.name!r} did not answer {path}: {type(e).__name__}", type="server_error", code="upstream_error") from None
+    if r.status_code >= 400 and r.status_code not in ok:
+        raise APIError(502, f"backend {backend.name!r} refused {path} ({r.status_code}): {hide_paths(r.text[:300])}", type="server_error", code="upstream_error")
+
+@patch
+def lora_for(self:Models, owner:str, req:DeployRequest)->str|None:
+    "The adapter directory to load when `req` deploys one of `owner`'s fine-tuned models onto a `vllm` backend (None otherwise)."
+    if self.backends[req.backend].type != "vllm": return None
+    try: t = self.resolve(owner, req.target, follow_alias=False)
+    except APIError: return None                 # a name the backend serves itself
+    if t.adapter is None: return None            # a base model: vLLM serves its own
+    if not (Path(t.adapter)/"adapter_config.json").exists():
+        raise APIError(400, f"{req.target!r} is a full fine-tune, not a LoRA adapter: serve its folder with vLLM's --model and deploy that name", param="model_id")
+    return str(Path(t.adapter).resolve())
+
+@patch
+def release_lora(self:Models, backend:str, model:str):
+    "Unload `model`'s adapter from vLLM backend `backend`, unless an alias still uses it there."
+    if any(a.get("lora") and a.get("backend") == backend and a.get("model") == model for a in self.store.aliases()): return
+    if (b := self.backends.get(backend)) is not None: engine_post(b, "unload_lora_adapter", {"lora_name": model}, ok=(404,))
+
 # %% ../../nbs/07c_engine.ipynb #f00bee17
 def _may_change(alias:dict, owner:str, admin:bool)->bool:
     "Shared aliases (and ones from before ownership) are the admins'; any other belongs to its deployer."
@@ -182,16 +222,36 @@ def deploy(self:Models, owner:str, req:DeployRequest, admin:bool=False)->dict:
         if req.backend not in self.backends:
             raise APIError(400, f"backend {req.backend!r} is not declared on this server; declared backends: {sorted(self.backends) or 'none'} (the operator declares them in FINETUNE_NB_BACKENDS)", param="backend", code="backend_not_declared")
         record = {"model": req.target, "backend": req.backend}
+        if (lora := self.lora_for(owner, req)) is not None:   # a fine-tuned model of this key, onto a vLLM backend: load it there first
+            engine_post(self.backends[req.backend], "load_lora_adapter", {"lora_name": req.target, "lora_path": lora, "load_inplace": True})
+            record["lora"] = True
     else:
         self.resolve(owner, req.target, follow_alias=False)   # must exist and be visible to this key
         record = {"model": req.target, "backend": None}
-    with self.store._lock:                                     # check and swap as one step
-        prev = self.store.get_alias(req.alias)
-        if prev is not None and not _may_change(prev, owner, admin):
-            if prev.get("shared") or self.alias(owner, req.alias): raise APIError(403, f"alias {req.alias!r} is shared: only admin keys change it", param="alias", type="permission_error", code="admin_required")
-            raise APIError(409, f"alias {req.alias!r} is taken by another key; choose another name", param="alias", code="alias_taken")
-        a = self.store.set_alias(req.alias, {**record, "owner": owner, "shared": req.shared})
+    try:
+        with self.store._lock:                                     # check and swap as one step
+            prev = self.store.get_alias(req.alias)
+            if prev is not None and not _may_change(prev, owner, admin):
+                if prev.get("shared") or self.alias(owner, req.alias): raise APIError(403, f"alias {req.alias!r} is shared: only admin keys change it", param="alias", type="permission_error", code="admin_required")
+                raise APIError(409, f"alias {req.alias!r} is taken by another key; choose another name", param="alias", code="alias_taken")
+            a = self.store.set_alias(req.alias, {**record, "owner": owner, "shared": req.shared})
+    except APIError:
+        if record.get("lora"): self.release_lora(req.backend, req.target)   # loaded for an alias this key may not change
+        raise
+    if prev and prev.get("lora"): self.release_lora(prev["backend"], prev["model"])   # unloaded unless an alias still uses it
     return {**{k: v for k,v in a.items() if k != "owner"}, "previous_model": prev and prev["model"]}
+
+# %% ../../nbs/07c_engine.ipynb #d1b1a19a
+@patch
+def undeploy(self:Models, owner:str, alias:str, admin:bool=False)->Deleted:
+    "Remove `alias` (the deployer's own, or, for admins, a shared one); an adapter it loaded on vLLM is unloaded unless another alias uses it."
+    with self.store._lock:
+        a = self.alias(owner, alias)
+        if a is None: raise APIError(404, f"no alias {alias[:64]!r}; GET /v1/fine-tune/models lists yours", param="alias", code="alias_not_found")
+        if not _may_change(a, owner, admin): raise APIError(403, f"alias {alias!r} is shared: only admin keys remove it", param="alias", type="permission_error", code="admin_required")
+        self.store.delete_alias(alias)
+    if a.get("lora"): self.release_lora(a["backend"], a["model"])
+    return Deleted(id=alias, object="alias")
 
 # %% ../../nbs/07c_engine.ipynb #3e3d1c9d
 class ModelPool:
@@ -412,14 +472,14 @@ async def upstream_complete(target:Target, messages:list[dict], req:ChatRequest)
     "A chat completion from `target`'s backend."
     try:
         async with upstream_client(target) as client:
-            r = await client.chat.completions.create(model=target.model, messages=messages, extra_body=upstream_body(req))
+            r = await client.chat.completions.create(model=target.model, messages=messages, extra_body={**upstream_body(req), **ENGINE_BODY.get(target.backend_type, {})})
         return r.model_dump(mode="json", exclude_none=True)
     except Exception as e: raise upstream_error(e) from e
 
 async def upstream_stream(target:Target, messages:list[dict], req:ChatRequest)->AsyncIterator[str]:
     "Server-sent events relayed from `target`'s backend (errors before the first chunk raise)."
     client = upstream_client(target)
-    try: up = await client.chat.completions.create(model=target.model, messages=messages, stream=True, extra_body=upstream_body(req))
+    try: up = await client.chat.completions.create(model=target.model, messages=messages, stream=True, extra_body={**upstream_body(req), **ENGINE_BODY.get(target.backend_type, {})})
     except Exception as e: await client.close(); raise upstream_error(e) from e
     async def relay():
         try:

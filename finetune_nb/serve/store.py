@@ -147,6 +147,15 @@ def aliases(self:Store)->list[dict]:
     with self._lock: names = [r[0] for r in self._db.execute("SELECT name FROM aliases ORDER BY name")]
     return [self.get_alias(n) for n in names]
 
+# %% ../../nbs/07b_store.ipynb #0cdf2ee6
+@patch
+def delete_alias(self:Store, name:str)->dict|None:
+    "Remove alias `name`; the alias it was (None if there was none)."
+    with self._lock:
+        a = self.get_alias(name)
+        if a is not None: self._db.execute("DELETE FROM aliases WHERE name=?", (name,))
+        return a
+
 # %% ../../nbs/07b_store.ipynb #8319332d
 def _invalid_file(filename:str, errs:list[dict])->APIError:
     shown = "; ".join(f"line {e['line']}: {e['field'] or '-'}: {e['message']}" for e in errs[:5])
