@@ -60,7 +60,12 @@ def test_runtime_requirements_cover_library_imports():
         closure.add(n)
         try: todo += [re.split(r"[ ;<>=!\[~(]", r)[0].lower().replace("_", "-") for r in (md.requires(n) or []) if "extra ==" not in r]
         except md.PackageNotFoundError: pass
-    optional = {"pandas"}   # `MetricsTable.to_pandas` only: imported when asked for
+    optional = {"pandas",   # `MetricsTable.to_pandas` only: imported when asked for
+                "wandb", "trackio",   # trackers, imported only when a run asks for them (they are the user's to install)
+                "conversion"}         # llama.cpp's converter package, run from llama-cpp-python's files ([gguf]) in a subprocess
+    extras = {re.split(r"[ ;<>=!\[~]", r)[0].lower().replace("_", "-") for r in md.requires("finetune_nb")
+              if any(f'extra == "{e}"' in r for e in ("tracking", "ray", "gguf", "vllm"))}   # imported lazily, behind a clear error
+    optional |= {m for m in mods if {d.lower().replace("_", "-") for d in dists.get(m, [m])} & extras}
     missing = {m for m in mods - stdlib - optional if not {d.lower().replace("_", "-") for d in dists.get(m, [m])} & closure}
     assert not missing, missing
 

@@ -1,6 +1,6 @@
 """The front door runs top to bottom: `nbs/index.ipynb` and the five tutorials, executed with papermill in a fresh kernel
 (as a Colab user or a batch job would), hold their plots and headline numbers. The tutorials share one working folder, so
-they run in their order; small parameters keep the default suite quick, the deploy and migrate steps are `slow`."""
+they run in their order with small parameters. The index runs in the default suite; the tutorials are `slow` (minutes)."""
 import json, re
 from pathlib import Path
 
@@ -48,6 +48,7 @@ def test_index_runs_top_to_bottom(tmp_path):
     assert any(re.match(r"\s*examples\s+\d+", l) for l in lines) and any("tokens per example" in l for l in lines)   # the stats table
 
 
+@pytest.mark.slow   # 84 s in CI's full run: the suite is past its 15-minute budget; `make test-slow` runs it
 def test_tutorials_prepare_finetune_evaluate(tmp_path):
     "Tutorials 1-3 in order on one working folder: data written and checked, an adapter trained, base vs fine-tuned scored."
     work = tmp_path/"work"

@@ -21,6 +21,7 @@ from make_readme import prepare, parse_directives  # noqa: E402
 NBS, WORK, SITE = ROOT/"nbs", ROOT/"_docs", ROOT/"site"
 SRC = WORK/"src"
 _LOCAL_PAGE_LINK = re.compile(r"\]\((?![a-z]+:)([^)#\s]+)\.(?:ipynb|md)(#[^)\s]*)?\)")   # ](page.ipynb) / ](../x.md#a): another page of the site
+_OUTPUT_FILE_LINK = re.compile(r"(?<!!)\[([^\]]*)\]\((?![a-z]+:|#)[^)\s]*\)")   # [text](relative/file) in an output
 _REMOTE_IMG = re.compile(r"\[!\[[^\]]*\]\(https?://[^)]*\)\]\([^)]*\)|!\[[^\]]*\]\(https?://[^)]*\)")
 
 
@@ -74,6 +75,8 @@ def copy_notebook(nb, dest:Path, home:bool=False, checks_last:bool=False):
         if c.cell_type == "markdown": c.source = _REMOTE_IMG.sub("", c.source).strip()
         if home and c.cell_type == "markdown": c.source = c.source.replace("](nbs/", "](")   # README links point into nbs/; the site is nbs/
         if c.cell_type == "markdown": c.source = _LOCAL_PAGE_LINK.sub(lambda m: f"]({m[1]}.html{m[2] or ''})", c.source)   # nbconvert leaves links as written
+        for o in c.get("outputs", []):   # a displayed report's links point into a run folder the site doesn't have: keep their text
+            if "text/markdown" in o.get("data", {}): o["data"]["text/markdown"] = _OUTPUT_FILE_LINK.sub(r"\1", o["data"]["text/markdown"])
     if checks_last: nb.cells = _checks_last(nb.cells)
     nb.metadata.pop("widgets", None)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
