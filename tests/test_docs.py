@@ -126,13 +126,19 @@ def site():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     profile = tempfile.mkdtemp(prefix="fnb-chromium-")
-    proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
-                             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launch = lambda: subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                       "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
+                                       "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = launch()
     try:
-        port_file, end = Path(profile)/"DevToolsActivePort", time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()) and time.monotonic() < end: time.sleep(0.05)
+        # Chromium writes its DevTools port once it is up: up to 2 minutes on a busy 2-core box (a CI run once saw none in 30 s);
+        # a browser that exited without writing it is started once more
+        port_file, end, relaunched = Path(profile)/"DevToolsActivePort", time.monotonic() + 120, False
+        while not (port_file.exists() and port_file.read_text().strip()) and time.monotonic() < end:
+            if proc.poll() is not None and not relaunched: proc, relaunched = launch(), True
+            time.sleep(0.05)
+        assert port_file.exists(), f"headless Chromium wrote no DevTools port in 120 s (exit code {proc.poll()})"
         port = int(port_file.read_text().split()[0])
         import urllib.request
         targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
