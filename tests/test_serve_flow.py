@@ -1,5 +1,5 @@
 "The server's fine-tuning flow end to end with the official openai SDK: upload, train, events, chat, aliases, restart."
-import json, time
+import importlib.util, json, time
 from pathlib import Path
 import httpx, openai, pytest
 
@@ -13,7 +13,9 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 def flow_srv(tmp_path_factory, serve_base_model):
     "One keyed server shared by this module's tests that don't restart it."
     from fixtures_serve import ServerProc
-    p = ServerProc(tmp_path_factory.mktemp("flow-server"), serve_base_model, KEY).start()
+    d = tmp_path_factory.mktemp("flow-server")
+    env = {"FINETUNE_NB_MLFLOW_URI": f"sqlite:///{d/'mlflow.db'}"} if importlib.util.find_spec("mlflow") else {}   # every job tracked (tests/test_tracking.py)
+    p = ServerProc(d, serve_base_model, KEY, env=env).start()
     yield p
     p.stop()
 
@@ -32,6 +34,21 @@ def demo_files(tmp_path, n_train=40):
     return write_demo_files(tmp_path/"demo", n_train=n_train, n_test=4, seed=5)
 
 
+def check_tracked_in_mlflow(uri:str, job, metrics:list, msgs:list):
+    "With FINETUNE_NB_MLFLOW_URI, a job has one finished MLflow run named by its id, holding its params and the losses of its metrics events."
+    from mlflow import MlflowClient
+    m = MlflowClient(tracking_uri=uri)
+    runs = m.search_runs([m.get_experiment_by_name("finetune-nb").experiment_id], filter_string=f"attributes.run_name = '{job.id}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = sorted((e.data["step"], e.data["train_loss"]) for e in metrics)
+    hist = sorted((p.step, p.value) for p in m.get_metric_history(runs[0].info.run_id, "train_loss"))
+    assert len(hist) >= 2 and [s for s, _ in hist] == [s for s, _ in steps]
+    assert [v for _, v in hist] == pytest.approx([v for _, v in steps], rel=1e-6)   # the same losses as the job's metrics events
+    params = runs[0].data.params
+    assert params["training.max_steps"] == str(HP["max_steps"]) and params["lora.r"] == "8" and params["fine_tuned_model"] == job.fine_tuned_model
+    assert any(f"MLflow run {runs[0].info.run_id}" in x for x in msgs)
+
+
 def test_full_flow(flow_srv, tmp_path):
     srv = flow_srv
     c = srv.client()
@@ -39,8 +56,12 @@ def test_full_flow(flow_srv, tmp_path):
     paths = demo_files(tmp_path)
     f = c.files.create(file=open(paths["train"], "rb"), purpose="fine-tune")
     assert f.status == "processed" and f.filename == "demo_train.jsonl"
-    job = c.fine_tuning.jobs.create(model=base, training_file=f.id, suffix="demo", seed=7, hyperparameters=HP)
+    with pytest.raises(openai.BadRequestError, match="integrations"):   # of OpenAI's integrations, only the wandb shape is accepted
+        c.fine_tuning.jobs.create(model=base, training_file=f.id, integrations=[{"type": "slack", "wandb": {"project": "p"}}])
+    job = c.fine_tuning.jobs.create(model=base, training_file=f.id, suffix="demo", seed=7, hyperparameters=HP,
+                                    integrations=[{"type": "wandb", "wandb": {"project": "p", "tags": ["t"]}}])
     assert job.status == "queued" and job.model == base and job.seed == 7
+    assert [i.type for i in job.integrations] == ["wandb"] and job.integrations[0].wandb.project == "p"
     # a second job, cancelled while it waits behind the first
     job2 = c.fine_tuning.jobs.create(model=base, training_file=f.id, hyperparameters=HP)
     assert c.fine_tuning.jobs.cancel(job2.id).status == "cancelled"
@@ -59,6 +80,9 @@ def test_full_flow(flow_srv, tmp_path):
     metrics = [e for e in events if e.type == "metrics"]
     assert [e.data["step"] for e in metrics][::-1] == [2, 4, 6, 8]
     assert all(isinstance(e.data["train_loss"], float) and e.data["train_loss"] > 0 for e in metrics)
+    if importlib.util.find_spec("wandb") is None:   # not installed here: a warn event says the integration was skipped, and why
+        assert any(e.level == "warn" and "Weights & Biases integration skipped: wandb is not installed" in e.message for e in events), msgs
+    if srv.env.get("FINETUNE_NB_MLFLOW_URI"): check_tracked_in_mlflow(srv.env["FINETUNE_NB_MLFLOW_URI"], done, metrics, msgs)
     p1 = c.fine_tuning.jobs.list_events(job.id, limit=3)
     assert len(p1.data) == 3 and p1.has_more and c.fine_tuning.jobs.list_events(job.id, limit=3, after=p1.data[-1].id).data[0].id == events[3].id
     cks = list(c.fine_tuning.jobs.checkpoints.list(job.id))

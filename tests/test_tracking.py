@@ -1,4 +1,4 @@
-"Tracking (TensorBoard by default, MLflow for server jobs, OpenAI's wandb integration) and sharded training (FSDP2 on CPU processes)."
+"Tracking (TensorBoard by default; MLflow for server jobs and OpenAI's wandb integration: see test_serve_flow) and sharded training (FSDP2 on CPU processes)."
 import json, os, subprocess, sys
 from pathlib import Path
 
@@ -52,44 +52,8 @@ def test_unknown_or_missing_tracker_is_a_clear_error(toy_model_dir, toy_task, tm
 
 # --- the server: every job in MLflow, OpenAI's wandb integration ------------------------------------------------
 
-HP = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 25, "max_steps": 3, "max_length": 256, "logging_steps": 1, "save_steps": 100}
-
-def test_server_job_tracked_in_mlflow_and_wandb_skip_explained(start_server, tmp_path):
-    "With FINETUNE_NB_MLFLOW_URI=sqlite:///…, a job has an MLflow run named by its id holding its params and loss history."
-    pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'finetune_nb[tracking]')")
-    import importlib.util, time
-    from finetune_nb.demo import write_demo_files
-    uri = f"sqlite:///{tmp_path/'mlflow.db'}"
-    srv = start_server("mlflow", env={"FINETUNE_NB_MLFLOW_URI": uri})
-    c = srv.client()
-    base = next(m.id for m in c.models.list() if "tiny" in m.id)
-    f = c.files.create(file=open(write_demo_files(tmp_path/"demo", n_train=16, n_test=2, seed=3)["train"], "rb"), purpose="fine-tune")
-    import openai
-    with pytest.raises(openai.BadRequestError, match="integrations"):   # only OpenAI's wandb shape is accepted
-        c.fine_tuning.jobs.create(model=base, training_file=f.id, integrations=[{"type": "slack", "wandb": {"project": "p"}}])
-    job = c.fine_tuning.jobs.create(model=base, training_file=f.id, hyperparameters=HP,
-                                    integrations=[{"type": "wandb", "wandb": {"project": "p", "tags": ["t"]}}])
-    assert [i.type for i in job.integrations] == ["wandb"] and job.integrations[0].wandb.project == "p"
-    t0 = time.time()
-    while (j := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
-        assert time.time() - t0 < 300, srv.read_log()
-        time.sleep(0.5)
-    assert j.status == "succeeded", (j.error, srv.read_log())
-    events = list(c.fine_tuning.jobs.list_events(job.id, limit=100))
-    if importlib.util.find_spec("wandb") is None:   # not installed here: a warn event says the integration was skipped, and why
-        assert any(e.level == "warn" and "Weights & Biases integration skipped: wandb is not installed" in e.message for e in events), [e.message for e in events]
-    steps = sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics" and "train_loss" in e.data)
-    assert [s for s, _ in steps] == [1, 2, 3]
-    from mlflow import MlflowClient
-    m = MlflowClient(tracking_uri=uri)
-    runs = m.search_runs([m.get_experiment_by_name("finetune-nb").experiment_id], filter_string=f"attributes.run_name = '{job.id}'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    hist = sorted((p.step, p.value) for p in m.get_metric_history(runs[0].info.run_id, "train_loss"))
-    assert len(hist) >= 2 and [s for s, _ in hist] == [s for s, _ in steps]
-    assert [v for _, v in hist] == pytest.approx([v for _, v in steps], rel=1e-6)   # the same losses as the job's metrics events
-    params = runs[0].data.params
-    assert params["training.max_steps"] == "3" and params["lora.r"] == "8" and params["fine_tuned_model"] == j.fine_tuned_model
-    assert any(f"MLflow run {runs[0].info.run_id}" in e.message for e in events)
+# The server's MLflow tracking and OpenAI's wandb integration are checked on test_serve_flow's job
+# (test_full_flow: its server runs with FINETUNE_NB_MLFLOW_URI; the job asks for wandb).
 
 # --- sharded training: FSDP2 on 2 CPU processes ---------------------------------------------------------------------
 
