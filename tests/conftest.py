@@ -16,3 +16,28 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("fixtures_*.py"))
+
+
+# ---- a fresh clone: the tiny model builds in the background while tests that don't need it run -------------------
+# Building finetune-nb/tiny takes ~1.5 min on one core. Inline, the first test that needs it builds it and the other
+# worker, once it needs it too, waits on the build's lock with its core idle. So the session's first process starts
+# the build at once (its own process, the same locked, atomic `ensure_tiny` every test calls), and the files that
+# never load it run first. A failed build is not hidden: the tests that need the model then build it themselves.
+NO_TINY_MODEL = ("test_docs.py", "test_evaluate.py", "test_tracking.py", "test_data.py", "test_data_formats.py", "test_dpo.py",
+                 "test_augment.py", "test_widgets.py", "test_module_graph.py")
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"): return   # an xdist worker: the controller does this once
+    from finetune_nb.tiny import TINY_MODEL, tiny_model_dir
+    if (tiny_model_dir(TINY_MODEL)/"finetune_nb_tiny.json").exists(): return
+    import subprocess, sys
+    log = Path(os.environ["FINETUNE_NB_DATA_DIR"])/"tiny-build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    config._tiny_build = subprocess.Popen([sys.executable, "-c", "from finetune_nb.tiny import ensure_tiny; ensure_tiny(progress=False)"],
+                                          stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+def pytest_unconfigure(config):
+    if (p := getattr(config, "_tiny_build", None)) is not None: p.wait()   # the cache it fills serves the next run too
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda it: Path(str(it.path)).name not in NO_TINY_MODEL)   # stable: each file keeps its own order
