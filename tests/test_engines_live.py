@@ -97,6 +97,14 @@ def _replies(srv, model:str, prompts:list)->list[str]:
     return [c.chat.completions.create(model=model, messages=p, max_tokens=MAX_TOKENS, temperature=0).choices[0].message.content for p in prompts]
 
 
+def _same_replies(srv, ours:str, alias:str, prompts:list, engine:str)->list[str]:
+    "Greedy replies of our own model `ours` and of `alias` (deployed on an engine's backend) are equal and non-empty; returns ours."
+    a, b = _replies(srv, ours, prompts), _replies(srv, alias, prompts)
+    print("\n".join(f"ours={x!r}\n{engine}={y!r}" for x, y in zip(a, b)))
+    assert a == b and all(a)
+    return a
+
+
 @pytest.mark.vllm
 @pytest.mark.timeout(3600)   # vLLM starts in 36-92 s idle, minutes on a busy box
 def test_vllm_serves_our_adapter_through_an_alias(our_server, lora_adapter, demo_data, tmp_path, serve_base_model):
@@ -113,9 +121,7 @@ def test_vllm_serves_our_adapter_through_an_alias(our_server, lora_adapter, demo
         r = httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "on-vllm", "model": FT_LORA, "backend": "vl"}, timeout=300)
         assert r.status_code == 200, r.text
         assert FT_LORA in [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]   # loaded at deploy
-        ours, theirs = _replies(srv, FT_LORA, demo_data[1]), _replies(srv, "on-vllm", demo_data[1])
-        print("\n".join(f"ours={a!r}\nvllm={b!r}" for a, b in zip(ours, theirs)))
-        assert ours == theirs and all(ours)
+        ours = _same_replies(srv, FT_LORA, "on-vllm", demo_data[1], "vllm")
         assert _replies(srv, serve_base_model, demo_data[1][:2]) != ours[:2]   # the adapter matters
         assert httpx.delete(srv.url + "/v1/fine-tune/deploy/on-vllm").status_code == 200
         assert FT_LORA not in [m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]]   # unloaded at undeploy
@@ -137,9 +143,7 @@ def test_vllm_serves_our_merged_model(our_server, lora_adapter, demo_data, tmp_p
                    env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
         assert httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "merged-on-vllm", "model": "merged", "backend": "vl"}).status_code == 200
-        ours, theirs = _replies(srv, FT_LORA, demo_data[1]), _replies(srv, "merged-on-vllm", demo_data[1])
-        print("\n".join(f"ours={a!r}\nvllm={b!r}" for a, b in zip(ours, theirs)))
-        assert ours == theirs and all(ours)
+        _same_replies(srv, FT_LORA, "merged-on-vllm", demo_data[1], "vllm")
     finally: _stop(vllm)
 
 
@@ -172,7 +176,5 @@ def test_gguf_export_served_by_llama_cpp(which, our_server, demo_model, lora_ada
     llama = _llama_server(files, port, tmp_path)
     try:
         assert httpx.post(srv.url + "/v1/fine-tune/deploy", json={"alias": "on-llama", "model": "gguf", "backend": "lc"}).status_code == 200
-        ours, theirs = _replies(srv, model_id, demo_data[1]), _replies(srv, "on-llama", demo_data[1])
-        print("\n".join(f"ours={a!r}\nllama={b!r}" for a, b in zip(ours, theirs)))
-        assert ours == theirs and all(ours)
+        _same_replies(srv, model_id, "on-llama", demo_data[1], "llama")
     finally: _stop(llama)
