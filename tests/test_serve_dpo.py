@@ -48,3 +48,11 @@ def test_dpo_job_with_the_openai_sdk(start_server, spec, validate, tmp_path):
     while (s := c.fine_tuning.jobs.retrieve(sup.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.time() - t0 < 120; time.sleep(0.5)
     assert s.status == "failed" and "preference data" in s.error.message
+    # our OpenAI client class, as a user calls it against OpenAI: pairs validated and uploaded as DPO data, the job trains with DPO
+    from finetune_nb.openai_ft import OpenAIFineTuner
+    run = OpenAIFineTuner(base_url=srv.url + "/v1", api_key=KEY).fine_tune(pairs(), model=srv.base_model, method="dpo", beta=0.3,
+                                                                          hyperparameters={**LOCAL, "n_epochs": 1, "batch_size": 4},
+                                                                          poll_interval=0.5, timeout=300, progress=False)
+    assert run.job.status == "succeeded" and run.job.fine_tuned_model
+    raw = c.fine_tuning.jobs.with_raw_response.retrieve(run.job.job_id).http_response.json()
+    assert raw["method"]["type"] == "dpo" and raw["method"]["dpo"]["hyperparameters"]["beta"] == 0.3
