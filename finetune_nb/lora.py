@@ -118,6 +118,7 @@ class TrainingConfig:
     output_dir:str|None=None      # where the run is written (default: a new folder under the data dir's runs/)
     objective:str="sft"           # "sft" (chat data, assistant-only loss) or "dpo" (preference pairs, TRL's DPOTrainer)
     beta:float=0.1                # DPO: how strongly the policy is held to the reference (higher: closer)
+    sft_weight:float=0.0          # DPO: weight of an added SFT loss on the chosen answers (RPO; TRL loss_type ["sigmoid", "sft"]) that keeps generations intact; 0: plain DPO
     report_to:str|list[str]|None="auto" # experiment trackers ("tensorboard", "mlflow", "wandb", "trackio"); "auto": TensorBoard into the run folder when installed; "none"/None: off
 
     def __post_init__(self):
@@ -129,6 +130,7 @@ class TrainingConfig:
         if not (isinstance(self.report_to, str) or isinstance(self.report_to, (list, tuple)) and all(isinstance(r, str) for r in self.report_to)):
             raise ConfigError(f"TrainingConfig.report_to={self.report_to!r}", hint='a tracker name, a list of them, "auto" or "none"')
         if not self.beta > 0: raise ConfigError(f"TrainingConfig.beta={self.beta}", hint="DPO's beta is a positive number, e.g. 0.1")
+        if not self.sft_weight >= 0: raise ConfigError(f"TrainingConfig.sft_weight={self.sft_weight}", hint="0 (plain DPO) or a positive weight, e.g. 1.0")
         if self.load_in_4bit and self.method == "lora": self.method = "qlora"
         if self.method not in METHODS: raise ConfigError(f"TrainingConfig.method={self.method!r}", hint=f"use one of {METHODS + OBJECTIVES}")
         if self.method == "full" and self.load_in_4bit:
@@ -722,7 +724,8 @@ def _train_dpo(self:LocalFineTuner, train_data, eval_data=None, resume_from_chec
         history = []
         bridge = _bridge(history, callbacks, stop_event)
         args = self._training_args(eval_ds is not None, DPOConfig, beta=tc.beta, max_length=tc.max_length,
-                                   precompute_ref_log_probs=self.method == "full", dataset_num_proc=None)
+                                   precompute_ref_log_probs=self.method == "full", dataset_num_proc=None,
+                                   **(dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, tc.sft_weight]) if tc.sft_weight else {}))
         with tracking_env(args.report_to, self.output_dir):
             trainer = DPOTrainer(model=self.model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                  processing_class=self.tokenizer, callbacks=[bridge], peft_config=peft_config)

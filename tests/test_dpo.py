@@ -82,3 +82,19 @@ def test_identical_pair_is_refused(toy_model_dir, tmp_path):
     same = {"input": {"messages": [{"role": "user", "content": "x"}]}, "preferred_output": [{"role": "assistant", "content": "y"}], "non_preferred_output": [{"role": "assistant", "content": "y"}]}
     ft = LocalFineTuner(toy_model_dir, training_config=TrainingConfig(method="dpo", progress=False), output_dir=tmp_path/"r")
     with pytest.raises(DataError, match="train pair 0: chosen and rejected are the same"): ft.train([same])
+
+def test_sft_weight_adds_the_chosen_answers_nll(toy_model_dir, toy_task, tmp_path):
+    "`sft_weight` (RPO) reaches TRL as loss_type ['sigmoid', 'sft']: at the first step, from the same weights, the loss exceeds plain DPO's by weight × NLL > 0; full fine-tuning."
+    with pytest.raises(ConfigError, match="sft_weight"): TrainingConfig(method="dpo", sft_weight=-1)
+    pairs = toy_pairs(toy_task[0])[:16]
+    first = {}
+    for w in (0.0, 2.0):
+        tc = TrainingConfig(objective="dpo", method="full", sft_weight=w, max_steps=1, batch_size=8, grad_accum=1, lr=1e-4, logging_steps=1,
+                            save_steps=None, progress=False, seed=0, report_to="none")
+        ft = LocalFineTuner(toy_model_dir, training_config=tc, output_dir=tmp_path/f"w{w}")
+        res = ft.train(pairs)
+        first[w] = next(h for h in res.loss_history if "loss" in h)
+        assert ft.trainer.args.loss_type == (["sigmoid", "sft"] if w else ["sigmoid"]) and (tmp_path/f"w{w}"/"model"/"config.json").exists()
+    assert first[0.0]["loss"] == pytest.approx(0.6931, abs=1e-3)    # DPO's loss before any update: the policy is its reference
+    nll = -first[2.0]["logps/chosen"]   # summed over the answer's tokens; TRL's sft loss is the per-token mean, so just bound it
+    assert first[2.0]["loss"] > first[0.0]["loss"] + 0.1 and first[2.0]["loss"] < first[0.0]["loss"] + 2.0 * nll, (first, nll)
