@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: outputs install demo test test-fast test-slow test-engines engines bench-engines lint-sync export clean-nbs readme docs browser bench help
+.PHONY: outputs examples install demo test test-fast test-slow test-engines engines bench-engines lint-sync export clean-nbs readme docs browser bench help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -117,6 +117,9 @@ readme: install
 
 docs: install  ## build the docs site into site/
 	$(PY) tools/build_docs.py
+
+examples: install  ## re-run the pipelines with small parameters: the docs' pipeline pages (nbs/pipelines/examples/, ~10 min)
+	OMP_NUM_THREADS=1 $(PY) tools/run_pipeline_examples.py
 
 bench: install  ## run every benchmark
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -1268,4 +1268,6 @@ d = { 'settings': { 'branch': 'main',
                                      'finetune_nb.widgets.fig_png': ('widgets.html#fig_png', 'finetune_nb/widgets.py'),
                                      'finetune_nb.widgets.load_results': ('widgets.html#load_results', 'finetune_nb/widgets.py'),
                                      'finetune_nb.widgets.messages_html': ('widgets.html#messages_html', 'finetune_nb/widgets.py'),
-                                     'finetune_nb.widgets.metric_points': ('widgets.html#metric_points', 'finetune_nb/widgets.py')}}}
+                                     'finetune_nb.widgets.metric_points': ('widgets.html#metric_points', 'finetune_nb/widgets.py'),
+                                     'finetune_nb.widgets.snapshot': ('widgets.html#snapshot', 'finetune_nb/widgets.py'),
+                                     'finetune_nb.widgets.widget_html': ('widgets.html#widget_html', 'finetune_nb/widgets.py')}}}

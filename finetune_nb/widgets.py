@@ -10,8 +10,8 @@ import ipywidgets as W
 from .core import ConfigError, FinetuneNBError, get_logger
 
 # %% auto #0
-__all__ = ['fig_png', 'messages_html', 'DatasetBrowser', 'LossCurve', 'metric_points', 'JobMonitor', 'RunMonitor', 'load_results',
-           'compare_rows', 'CompareView']
+__all__ = ['fig_png', 'messages_html', 'widget_html', 'snapshot', 'DatasetBrowser', 'LossCurve', 'metric_points', 'JobMonitor',
+           'RunMonitor', 'load_results', 'compare_rows', 'CompareView']
 
 # %% ../nbs/08_widgets.ipynb #ee1b12b0
 _log = get_logger("finetune_nb.widgets")
@@ -43,6 +43,34 @@ def messages_html(
         tag = f"<b style='color:{_ROLE_COLOR.get(role, '#a00')}'>{_esc(role)}</b>" + (f" <small>(weight {_esc(w)})</small>" if w is not None else "")
         rows.append(f"<div style='margin:2px 0'>{tag}: <span style='white-space:pre-wrap'>{_esc(m.get('content'))}</span></div>")
     return "".join(rows)
+
+# %% ../nbs/08_widgets.ipynb #f048f9e3
+def widget_html(
+    w,   # a widget: one of our views, or any tree of ipywidgets boxes, HTML, Label, Image, Button, Dropdown, ...
+)->str:  # static HTML of its current state
+    "A widget's current state as static HTML: boxes as flex rows/columns, text as shown, images inline as `data:` URIs, controls disabled."
+    import base64
+    if getattr(getattr(w, "layout", None), "display", None) == "none": return ""
+    if isinstance(w, W.Box):
+        flow = "row;align-items:center;gap:6px" if isinstance(w, W.HBox) else "column;gap:4px"
+        return f"<div style='display:flex;flex-direction:{flow}'>" + "".join(widget_html(c) for c in w.children) + "</div>"
+    if isinstance(w, (W.HTML, W.HTMLMath)): return f"<div>{w.value}</div>"
+    if isinstance(w, W.Label): return f"<span>{_esc(w.value)}</span>"
+    if isinstance(w, W.Image):
+        if not w.value: return ""
+        return f"<img src='data:image/{w.format};base64,{base64.b64encode(w.value).decode()}' style='max-width:100%' alt=''>"
+    label = f"<label>{_esc(w.description)} </label>" if getattr(w, "description", "") else ""
+    if isinstance(w, W.Button): return f"<button disabled>{_esc(w.description)}</button>"
+    if isinstance(w, (W.Dropdown, W.Select, W.RadioButtons, W.ToggleButtons)): return f"{label}<select disabled><option selected>{_esc(w.label)}</option></select>"
+    if hasattr(w, "value"): return f"<span>{label}{_esc(w.value)}</span>"
+    return ""
+
+def snapshot(
+    w,   # a widget (see `widget_html`)
+):       # an `IPython.display.HTML`: displayed, it is an ordinary HTML output
+    "Display `w`'s current state as static HTML, which saved notebooks and the docs site keep."
+    from IPython.display import HTML
+    return HTML(widget_html(w))
 
 # %% ../nbs/08_widgets.ipynb #843a1f28
 def _load_items(data, format:str|None=None)->tuple[list[tuple[int, object]], object]:

@@ -174,14 +174,45 @@ def test_site_home_has_nav_to_every_chapter_and_a_plot(site):
     assert imgs and all(c and w > 100 and h > 50 for c, w, h in imgs), imgs
 
 
+PLOT_PAGES = {"pipelines/finetune_local.ipynb", "pipelines/finetune_dpo.ipynb", "08_widgets.ipynb"}   # outputs with a loaded inline PNG plot
+
 def test_every_chapter_loads_without_console_errors(site):
+    "Every page loads cleanly; the pipeline pages (their example runs) and the widgets chapter (static snapshots) show outputs."
     cdp, base, nav = site["cdp"], site["base"], site["nav"]
-    problems = {}
+    problems, with_outputs = {}, PLOT_PAGES | {f for _, f in nav["pipelines"]}
+    assert {f for _, f in nav["chapters"] + nav["pipelines"]} >= PLOT_PAGES
     for title, f in nav["tutorials"] + nav["howto"] + nav["chapters"] + nav["pipelines"] + nav["api"]:
         errs = cdp.goto(_url(base, f))
         h1 = cdp.eval("(document.querySelector('article h1') || {}).textContent || ''")
         if errs or not h1.strip(): problems[f] = errs or ["no h1"]
+        if f in with_outputs:
+            outs = cdp.eval("[...document.querySelectorAll('article .jp-OutputArea-output')].map(o => o.innerText.trim().length + o.querySelectorAll('img').length)")
+            if not any(outs): problems[f] = ["no outputs"]
+            if f.startswith("pipelines/"):
+                note = cdp.eval("document.querySelector('article').innerText")
+                pipeline = {"finetune_local": "local", "finetune_openai": "openai", "finetune_dpo": "dpo"}.get(Path(f).stem, Path(f).stem)
+                if "An example run" not in note or f"finetune-nb run {pipeline} -p " not in note: problems[f] = ["no note naming the command that ran it"]
+        if f in PLOT_PAGES:
+            plots = _plots(cdp)
+            if not (plots and all(c and w > 100 and h > 50 for c, w, h in plots)): problems[f] = [f"plots: {plots}"]
     assert not problems, problems
+
+
+def test_pipeline_examples_match_their_pipelines():
+    "Each pipeline page's example run (nbs/pipelines/examples/) is the current pipeline executed: the same cells, with outputs."
+    found = build_docs.discover()["pipelines"]
+    assert {p.name for p in found} == {"finetune_local.ipynb", "finetune_openai.ipynb", "finetune_dpo.ipynb", "migrate.ipynb"}
+    for p in found:
+        ex = build_docs.example_run(p)
+        assert ex is not None, f"{p.name} has no example run: run `OMP_NUM_THREADS=1 python tools/run_pipeline_examples.py`"
+        src, run = nbformat.read(str(p), as_version=4), nbformat.read(str(ex), as_version=4)
+        ran = [c for c in run.cells if "injected-parameters" not in c.metadata.get("tags", []) and not c.source.startswith("**An example run.**")]
+        stale = [i for i, (a, b) in enumerate(zip(src.cells, ran)) if (a.cell_type, a.source) != (b.cell_type, b.source)]
+        assert len(src.cells) == len(ran) and not stale, \
+            f"{ex.relative_to(ROOT)} is out of date with {p.name} (cells {stale}): rerun `OMP_NUM_THREADS=1 python tools/run_pipeline_examples.py`"
+        code = [c for c in run.cells if c.cell_type == "code"]
+        assert sum(len(c.outputs) for c in code) >= 3, f"{ex}: hardly any outputs"   # (nbdev_clean drops execution counts)
+        assert "/tmp/" not in ex.read_text() and str(ROOT) not in ex.read_text(), f"{ex}: run-specific paths left in"
 
 
 def test_api_reference_shows_docments(site):

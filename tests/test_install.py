@@ -36,6 +36,7 @@ def test_wheel_ships_pipelines_and_light_requirements(wheel):
     names = set(z.namelist())
     for nb in ("finetune_local.ipynb", "finetune_openai.ipynb", "finetune_dpo.ipynb", "migrate.ipynb"):
         assert f"finetune_nb/pipelines/{nb}" in names, nb
+    assert not [n for n in names if "examples/" in n or n.startswith("nbs/")]   # the docs' executed example runs are not shipped
     meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     req = _requires(meta)
     assert not (req[""] & TOOLCHAIN), req[""] & TOOLCHAIN               # the notebook toolchain is not a runtime requirement

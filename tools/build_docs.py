@@ -5,7 +5,8 @@
     python tools/build_docs.py --serve      # build, then serve on http://127.0.0.1:8000
 
 Steps: discover the notebooks (nbs/index.ipynb, every numbered module notebook, nbs/pipelines/*), copy each
-into _docs/src/ with nbdev's hidden cells and directive lines removed (saved outputs kept, so plots show),
+into _docs/src/ with nbdev's hidden cells and directive lines removed (saved outputs kept, so plots show; a pipeline's page
+is its executed example run from nbs/pipelines/examples/ when tools/run_pipeline_examples.py has written one),
 write one API-reference page per exported module from its docstrings and docments, generate
 _docs/mkdocs.yml with the navigation, and run `mkdocs build`. A new notebook joins the site by existing.
 Nothing is fetched from the network: theme fonts are off, MathJax is not loaded, remote images are dropped.
@@ -21,6 +22,7 @@ from make_readme import prepare, parse_directives  # noqa: E402
 NBS, WORK, SITE = ROOT/"nbs", ROOT/"_docs", ROOT/"site"
 SRC = WORK/"src"
 _LOCAL_PAGE_LINK = re.compile(r"\]\((?![a-z]+:)([^)#\s]+)\.(?:ipynb|md)(#[^)\s]*)?\)")   # ](page.ipynb) / ](../x.md#a): another page of the site
+_OUTPUT_FILE_IMG = re.compile(r"!\[[^\]]*\]\((?![a-z]+:)[^)\s]*\)")   # ![](eval/bars.png) in an output: a run folder's file
 _OUTPUT_FILE_LINK = re.compile(r"(?<!!)\[([^\]]*)\]\((?![a-z]+:|#)[^)\s]*\)")   # [text](relative/file) in an output
 _REMOTE_IMG = re.compile(r"\[!\[[^\]]*\]\(https?://[^)]*\)\]\([^)]*\)|!\[[^\]]*\]\(https?://[^)]*\)")
 
@@ -34,6 +36,12 @@ def discover(nbs:Path=NBS)->dict[str, list[Path]]:
     tutorials = sorted((nbs/"tutorials").glob("[0-9]*.ipynb")) if (nbs/"tutorials").is_dir() else []
     howto = sorted((nbs/"howto").glob("*.md"), key=lambda p: (HOWTO_ORDER.index(p.stem) if p.stem in HOWTO_ORDER else len(HOWTO_ORDER), p.stem)) if (nbs/"howto").is_dir() else []
     return {"home": [nbs/"index.ipynb"] if (nbs/"index.ipynb").exists() else [], "tutorials": tutorials, "howto": howto, "chapters": chapters, "pipelines": pipelines}
+
+
+def example_run(pipeline:Path)->Path|None:
+    "The executed copy of a pipeline notebook that its docs page shows (`nbs/pipelines/examples/<name>`), if there is one."
+    p = pipeline.parent/"examples"/pipeline.name
+    return p if p.exists() else None
 
 
 def nb_info(path:Path)->dict:
@@ -75,8 +83,8 @@ def copy_notebook(nb, dest:Path, home:bool=False, checks_last:bool=False):
         if c.cell_type == "markdown": c.source = _REMOTE_IMG.sub("", c.source).strip()
         if home and c.cell_type == "markdown": c.source = c.source.replace("](nbs/", "](")   # README links point into nbs/; the site is nbs/
         if c.cell_type == "markdown": c.source = _LOCAL_PAGE_LINK.sub(lambda m: f"]({m[1]}.html{m[2] or ''})", c.source)   # nbconvert leaves links as written
-        for o in c.get("outputs", []):   # a displayed report's links point into a run folder the site doesn't have: keep their text
-            if "text/markdown" in o.get("data", {}): o["data"]["text/markdown"] = _OUTPUT_FILE_LINK.sub(r"\1", o["data"]["text/markdown"])
+        for o in c.get("outputs", []):   # a displayed report's links and images point into a run folder the site doesn't have: keep the link text
+            if "text/markdown" in o.get("data", {}): o["data"]["text/markdown"] = _OUTPUT_FILE_LINK.sub(r"\1", _OUTPUT_FILE_IMG.sub("", o["data"]["text/markdown"]))
     if checks_last: nb.cells = _checks_last(nb.cells)
     nb.metadata.pop("widgets", None)
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
@@ -186,8 +194,8 @@ def write_site_sources()->dict:
             (SRC/"api").mkdir(exist_ok=True)
             (SRC/"api"/f"{info['module']}.md").write_text(api_page(info["module"]), encoding="utf-8")
             nav["api"].append((info["module"], f"api/{info['module']}.md"))
-    for p in found["pipelines"]:
-        info = nb_info(p)
+    for p in found["pipelines"]:   # the executed example run (tools/run_pipeline_examples.py) when there is one, else the clean source
+        info = nb_info(example_run(p) or p)
         copy_notebook(info["nb"], SRC/"pipelines"/p.name)
         nav["pipelines"].append((info["title"], f"pipelines/{p.name}"))
     cfg = [f"site_name: {_yaml('finetune_nb')}",
