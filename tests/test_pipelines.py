@@ -42,7 +42,7 @@ def test_local_pipeline(tmp_path, ux_base_model):
         assert list((run_dir/"train"/"tensorboard").glob("events.out.tfevents.*"))   # report_to="auto": TensorBoard in the run folder
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", ["full", pytest.param("lora", marks=pytest.mark.slow)])   # LoRA DPO: also tests/test_dpo.py (suite time)
 def test_dpo_pipeline_sft_then_dpo(tmp_path, ux_base_model, method):
     "SFT → DPO on demo preference pairs with tiny settings (full, the default, and LoRA): the run folder, the preference section and both saved models."
     params = dict(base_model=ux_base_model, method=method, n_train=24, n_test=6, sft_steps=2, sft_batch_size=4, steps=2, eval_limit=6, max_new_tokens=8,
