@@ -95,6 +95,7 @@ def test_run_help_lists_the_task_parameter():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)   # 1,000 CPU training steps: about 21 min on 2 busy cores
 def test_tools_demo_meets_its_goal(tmp_path, tiny_model_path):
     "`finetune-nb run local -p task tools` with its defaults: whole-call exact match >= 0.90 fine-tuned, <= 0.10 base, on held-out examples."
     rc, out, err = run_cli("run", "local", "-p", "task", "tools", "--name", "tools", "--runs-dir", tmp_path, "--quiet")
