@@ -524,8 +524,13 @@ def tracking_env(
 
 # %% ../nbs/05_lora.ipynb #42b56471
 def _destroy_process_group():
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    "Wait for the other ranks (gloo: at most a minute), then tear the group down: a rank that left first would close its peers' connections under them."
+    import datetime, torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return
+    if dist.get_backend() == "gloo":
+        try: dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        except Exception: pass   # a peer is gone already: nothing to wait for
+    dist.destroy_process_group()
 
 def _clean_exit_when_distributed():
     "Under `accelerate launch`/torchrun, tear the process group down at exit (live gloo threads abort the interpreter otherwise)."
