@@ -28,13 +28,13 @@ from .jobs import Jobs
 # %% auto #0
 __all__ = ['DEFAULT_MAX_UPLOAD', 'DEFAULT_MAX_BODY', 'REQUEST_ID_RE', 'MIDDLEWARE', 'EXCEPTION_HANDLERS', 'Svc', 'Owner', 'ops',
            'files', 'fine_tuning', 'models', 'chat', 'simple', 'ROUTERS', 'LINKS', 'LOOPBACK', 'default_base_models',
-           'Service', 'owner_of_key', 'api_keys_from', 'request_id', 'record_metrics', 'require_key', 'body_limit',
-           'limit_size', 'internal_errors', 'BodyLimit', 'api_error', 'invalid_request', 'http_error', 'package_error',
-           'service', 'owner', 'health', 'metrics', 'create_file', 'list_files', 'get_file', 'delete_file',
-           'file_content', 'create_job', 'list_jobs', 'get_job', 'cancel_job', 'job_events', 'job_checkpoints',
-           'list_models', 'get_model', 'delete_model', 'chat_completions', 'simple_create_job', 'simple_get_job',
-           'simple_deploy', 'simple_inference', 'simple_models', 'simple_undeploy', 'openapi_with_links', 'create_app',
-           'import_model_libraries', 'run_server', 'ServerThread']
+           'Service', 'owner_of_key', 'api_keys_from', 'Downstream', 'http_middleware', 'request_id', 'record_metrics',
+           'require_key', 'body_limit', 'limit_size', 'internal_errors', 'BodyLimit', 'api_error', 'invalid_request',
+           'http_error', 'package_error', 'service', 'owner', 'health', 'metrics', 'create_file', 'list_files',
+           'get_file', 'delete_file', 'file_content', 'create_job', 'list_jobs', 'get_job', 'cancel_job', 'job_events',
+           'job_checkpoints', 'list_models', 'get_model', 'delete_model', 'chat_completions', 'simple_create_job',
+           'simple_get_job', 'simple_deploy', 'simple_inference', 'simple_models', 'simple_undeploy',
+           'openapi_with_links', 'create_app', 'import_model_libraries', 'run_server', 'ServerThread']
 
 # %% ../../nbs/07e_app.ipynb #e3aca9de
 DEFAULT_MAX_UPLOAD = 512 * 1024**2   # file uploads
@@ -100,24 +100,47 @@ def api_keys_from(api_keys:list[str]|str|None)->list[str]:
     if isinstance(api_keys, str): api_keys = api_keys.split(",")
     return [k.strip() for k in api_keys if k and k.strip()]
 
-async def request_id(request:Request, call_next):
+class Downstream:
+    "The layers below a middleware: `await downstream(on_start)` runs them and returns the response status; `on_start` may edit the `http.response.start` message."
+    def __init__(self, app, scope, receive, send): self.app,self.scope,self.receive,self.send,self.status = app,scope,receive,send,None
+
+    async def __call__(self, on_start:Callable|None=None)->int|None:
+        async def sending(msg):
+            if msg["type"] == "http.response.start":
+                self.status = msg["status"]
+                if on_start: on_start(msg)
+            await self.send(msg)
+        await self.app(self.scope, self.receive, sending)
+        return self.status
+
+def http_middleware(fn:Callable)->type:
+    "A plain ASGI middleware class for `app.add_middleware` from `async fn(request, downstream)`, which returns a `Response` to answer early (or None)."
+    class Middleware:
+        def __init__(self, app): self.app = app
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http": return await self.app(scope, receive, send)
+            answer = await fn(Request(scope, receive), Downstream(self.app, scope, receive, send))
+            if isinstance(answer, Response): await answer(scope, receive, send)
+    Middleware.__name__,Middleware.__qualname__,Middleware.__doc__ = fn.__name__,fn.__name__,fn.__doc__
+    return Middleware
+
+async def request_id(request:Request, downstream:Downstream):
     "Every response carries `x-request-id`."
     rid = request.headers.get("x-request-id", "")
     rid = rid if REQUEST_ID_RE.fullmatch(rid) else f"req_{secrets.token_hex(12)}"
-    resp = await call_next(request)
-    resp.headers["x-request-id"] = rid
-    return resp
+    def tag(msg): msg["headers"] = [*msg.get("headers", ()), (b"x-request-id", rid.encode())]
+    await downstream(on_start=tag)
 
-async def record_metrics(request:Request, call_next):
-    "Count and time each request by route and status; log one line."
+async def record_metrics(request:Request, downstream:Downstream):
+    "Count and time each request (to its last byte) by route and status; log one line."
     t0,svc = time.perf_counter(),request.app.state.service
-    resp = await call_next(request)
+    status = await downstream()
     route,ms = getattr(request.scope.get("route"), "path", "unmatched"),(time.perf_counter() - t0) * 1000
-    svc.metrics[f'requests_total{{method="{request.method}",route="{route}",status="{resp.status_code}"}}'] += 1
+    svc.metrics[f'requests_total{{method="{request.method}",route="{route}",status="{status}"}}'] += 1
     svc.metrics[f'request_seconds_sum{{route="{route}"}}'] += ms / 1000
     svc.metrics[f'request_seconds_count{{route="{route}"}}'] += 1
-    svc.log.info("request method=%s route=%s status=%s ms=%.1f", request.method, route, resp.status_code, ms)
-    return resp
+    svc.log.info("request method=%s route=%s status=%s ms=%.1f", request.method, route, status, ms)
+
 
 # %% ../../nbs/07e_app.ipynb #e0672e2a
 def _key_of(request:Request)->str:
@@ -126,7 +149,7 @@ def _key_of(request:Request)->str:
 
 def _known(key:str, keys:list[str])->bool: return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
-async def require_key(request:Request, call_next):
+async def require_key(request:Request, downstream:Downstream):
     "401 without a valid bearer key (when keys are set); `request.state.owner` is the key's owner tag, `request.state.admin` whether it is an admin key."
     keys,key = request.app.state.api_keys,None
     if keys and request.url.path != "/health":
@@ -138,7 +161,7 @@ async def require_key(request:Request, call_next):
                             code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="finetune_nb"'}).response()
     request.state.owner = owner_of_key(key) if keys else "local"
     request.state.admin = not keys or bool(key and _known(key, request.app.state.admin_keys))   # without auth the one local user is the admin
-    return await call_next(request)
+    await downstream()
 
 def body_limit(scope)->tuple[int, str]:
     "The body limit for a request and the setting that sets it: file uploads get `max_upload_bytes`, every other (JSON) body `max_body_bytes`."
@@ -146,19 +169,20 @@ def body_limit(scope)->tuple[int, str]:
     if scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/files": return state.max_upload_bytes, "FINETUNE_NB_MAX_UPLOAD_BYTES, --max-upload-bytes"
     return state.max_body_bytes, "FINETUNE_NB_MAX_BODY_BYTES, --max-body-bytes"
 
-async def limit_size(request:Request, call_next):
+async def limit_size(request:Request, downstream:Downstream):
     "413 when `Content-Length` exceeds the body limit (bodies without one are counted by `BodyLimit`)."
     size,(limit,setting) = request.headers.get("content-length"),body_limit(request.scope)
     if size is not None and (not size.isdigit() or int(size) > limit):
         request.app.state.service.metrics["uploads_too_large"] += 1
         return APIError(413, f"Request body of {size[:20]} bytes exceeds the limit of {limit} bytes ({setting}).", code="request_too_large").response()
-    return await call_next(request)
+    await downstream()
 
-async def internal_errors(request:Request, call_next):
-    "An unexpected exception becomes a 500 in OpenAI's error shape."
-    try: return await call_next(request)
+async def internal_errors(request:Request, downstream:Downstream):
+    "An unexpected exception becomes a 500 in OpenAI's error shape (once a response has started, the connection is closed instead)."
+    try: await downstream()
     except Exception as e:
         request.app.state.service.log.exception("unexpected error on %s %s", request.method, request.url.path[:200])
+        if downstream.status is not None: raise
         return APIError(500, f"Internal error ({type(e).__name__}); the server log has the details.", type="server_error").response()
 
 MIDDLEWARE = (internal_errors, limit_size, require_key, record_metrics, request_id)   # innermost first
@@ -438,7 +462,7 @@ def create_app(
     app.state.api_keys = api_keys_from(api_keys) + [k for k in admins if k not in api_keys_from(api_keys)]
     app.state.max_upload_bytes = int(max_upload_bytes or os.environ.get("FINETUNE_NB_MAX_UPLOAD_BYTES") or DEFAULT_MAX_UPLOAD)
     app.state.max_body_bytes = int(max_body_bytes or os.environ.get("FINETUNE_NB_MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
-    for middleware in MIDDLEWARE: app.middleware("http")(middleware)
+    for middleware in MIDDLEWARE: app.add_middleware(http_middleware(middleware))
     app.add_middleware(BodyLimit)    # outermost: counts every body as it streams in
     for exc,handler in EXCEPTION_HANDLERS.items(): app.add_exception_handler(exc, handler)
     for router in ROUTERS: app.include_router(router)

@@ -23,7 +23,7 @@ from .store import Store
 __all__ = ['BACKEND_TYPES', 'MODEL_NOT_FOUND', 'ENGINE_BODY', 'CLIENT_GONE', 'CHAT_SPEC_FIELDS', 'load_pair', 'parse_model_map',
            'Target', 'Backend', 'parse_backends', 'Models', 'engine_post', 'ModelPool', 'context_length', 'GenRequest',
            'StreamResult', 'Batcher', 'upstream_body', 'upstream_error', 'upstream_client', 'upstream_complete',
-           'upstream_stream', 'Chat']
+           'upstream_stream', 'LoopMailbox', 'Chat']
 
 # %% ../../nbs/07c_engine.ipynb #c32149aa
 def load_pair(
@@ -345,7 +345,7 @@ class Batcher:
         self.pool,self.max_batch,self.wait_s,self.max_wait_s = pool,max(1, max_batch),wait_ms/1000,max_wait_ms/1000
         self._generate = generate or infer.generate_chat
         self._q,self._stop,self._expect = queue.Queue(),threading.Event(),1
-        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0, "queue_full": 0, "requests_cancelled": 0, "streams": 0}
+        self.stats = {"batches": 0, "batched_requests": 0, "max_batch_seen": 0, "errors": 0, "queue_full": 0, "requests_cancelled": 0, "streams": 0, "generate_seconds": 0.0}
         self._thread,self.max_queue,self._inflight,self._count_lock,self._gone = None,max(1, max_queue),0,threading.Lock(),{}
 
     def start(self):
@@ -411,7 +411,9 @@ def _run(self:Batcher, reqs:list[GenRequest]):
         kw = dict(max_new_tokens=first.max_tokens, temperature=first.temperature, top_p=first.top_p, stop=list(first.stop) or None, seed=first.seed)
         streams = [relay(req, parts) if req.stream is not None else None for req, parts in zip(reqs, texts)]
         extra = dict(on_delta=streams, cancelled=[self._gone_check(req) for req in reqs]) if any(streams) or any(id(r) in self._gone for r in reqs) else {}
+        t0 = time.perf_counter()
         gens = self._generate(model, tok, [req.messages for req in reqs], batch_size=len(reqs), **kw, **first.tool_kwargs(), **extra)
+        self.stats["generate_seconds"] += time.perf_counter() - t0   # busy time: /metrics' generate_seconds over wall time is the batcher's load
         self.stats["batches"] += 1; self.stats["batched_requests"] += len(reqs); self.stats["streams"] += sum(s is not None for s in streams)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(reqs))
         for req,gen,parts in zip(reqs, gens, texts):
@@ -493,9 +495,30 @@ def _sse_error(message:str, code:str|None=None)->str:
     return f"data: {json.dumps(APIError(500, message, type='server_error', code=code).body())}\n\n"
 
 # %% ../../nbs/07c_engine.ipynb #98e5bc05
+class LoopMailbox:
+    "Hands calls from a worker thread to an event loop, one wake-up per burst: the batcher posts a delta for every stream of a batch at each step, and the loop takes them all at once."
+    def __init__(self, loop:asyncio.AbstractEventLoop): self.loop,self._pending,self._lock,self._scheduled = loop,[],threading.Lock(),False
+
+    def post(self, fn:Callable, *args):
+        "Call `fn(*args)` on the loop, after everything posted before it."
+        with self._lock:
+            self._pending.append((fn, args))
+            if self._scheduled: return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self):
+        with self._lock: calls,self._pending,self._scheduled = self._pending,[],False
+        for fn,args in calls: fn(*args)
+
 class Chat:
     "Chat completions, plain and streamed, local or upstream."
-    def __init__(self, batcher:Batcher): self.batcher,self.log = batcher,get_logger("finetune_nb.serve")
+    def __init__(self, batcher:Batcher): self.batcher,self.log,self._mailbox = batcher,get_logger("finetune_nb.serve"),None
+
+    def mailbox(self, loop:asyncio.AbstractEventLoop)->LoopMailbox:
+        "The mailbox into `loop` (the server's event loop) that streams receive their deltas through."
+        if self._mailbox is None or self._mailbox.loop is not loop: self._mailbox = LoopMailbox(loop)
+        return self._mailbox
 
     def gen_request(self, target:Target, req:ChatRequest, messages:list[dict], stream:Callable|None=None)->GenRequest:
         return GenRequest(target.base, target.adapter, messages, stream=stream, **req.sampling(), **req.tool_options())
@@ -516,9 +539,9 @@ async def stream(self:Chat, target:Target, req:ChatRequest)->AsyncIterator[str]:
     "Server-sent events of `CreateChatCompletionStreamResponse` chunks, then `[DONE]`."
     messages = normalize_messages(req.messages)
     if target.base_url: return await upstream_stream(target, messages, req)
-    loop,events = asyncio.get_running_loop(),asyncio.Queue()
-    gen = self.gen_request(target, req, messages, stream=lambda d: loop.call_soon_threadsafe(events.put_nowait, ("delta", d)))
-    self.batcher.submit(gen).add_done_callback(lambda f: loop.call_soon_threadsafe(events.put_nowait, ("done", f)))
+    mailbox,events = self.mailbox(asyncio.get_running_loop()),asyncio.Queue()
+    gen = self.gen_request(target, req, messages, stream=lambda d: mailbox.post(events.put_nowait, ("delta", d)))
+    self.batcher.submit(gen).add_done_callback(lambda f: mailbox.post(events.put_nowait, ("done", f)))
     return self._chunks(target.model, events, bool((req.stream_options or {}).get("include_usage")), ToolDeltas(gen.tools, gen.tool_choice != "none", gen.parallel_tool_calls))
 
 @patch
@@ -527,7 +550,10 @@ async def _chunks(self:Chat, model:str, events:asyncio.Queue, include_usage:bool
     chunk = lambda **kw: f"data: {json.dumps(completion_chunk(cid, created, model, **kw))}\n\n"
     yield chunk(delta={"role": "assistant", "content": ""})
     while (event := await events.get())[0] == "delta":
-        for d in tools.feed(event[1] or ""): yield chunk(delta=d)
+        text = [event[1] or ""]
+        while not events.empty() and (event := events.get_nowait())[0] == "delta": text.append(event[1] or "")   # deltas that queued up while
+        for d in tools.feed("".join(text)): yield chunk(delta=d)                                                # the client read go out as one chunk
+        if event[0] == "done": break
     if (error := event[1].exception()) is not None:
         self.log.error("stream failed: %s", error)
         yield _sse_error(f"generation failed: {type(error).__name__}")
