@@ -2,24 +2,25 @@
 vs TRL `DPOTrainer` with its defaults and a separate reference model (a second copy of the base).
 
 Same data (preference pairs built from the ticket-triage demo: chosen = the right verdict, rejected = the priority one
-step off), same model (`finetune-nb/tiny`), same LoRA adapter (r=8, alpha=16, all linear layers), same batch size,
-max_length and number of steps (one epoch), same beta. Each recipe runs in its own subprocess, one after the other, so
-their memory is measured apart:
+step off), same model, same LoRA adapter (r=8, alpha=16, all linear layers), same batch size, max_length and number of
+steps (one epoch), same beta. Each recipe runs in its own subprocess, one after the other, so their memory is measured apart:
 
   (a) TRL: `DPOTrainer(model, ref_model=<second copy>, args=DPOConfig(<defaults>), peft_config=<the LoRA>)`, with only
       what the comparison needs set (output dir, batch size, max_length, epochs, beta, no bf16 on a CPU, no reports);
   (b) ours: `LocalFineTuner(..., TrainingConfig(method="dpo", ...))`: TRL's DPOTrainer with `ref_model=None`, so the
       reference log-probabilities come from the same model with the adapter disabled; no trackers and activation
-      checkpointing on, as in (a) (`DPOConfig` defaults to `gradient_checkpointing=True`; `TrainingConfig` to False, which
-      on finetune-nb/tiny alone made our peak RSS growth 377 MB vs TRL's 298 MB: activations, not weights, fill it).
+      checkpointing on, as in (a) (`DPOConfig` defaults to `gradient_checkpointing=True`).
+
+The model (`--model`) defaults to `finetune-nb/small-random`: the tiny model's tokenizer and architecture at 88M random
+parameters, near the smallest real LMs, so the reference copy weighs what it does in practice. (On `finetune-nb/tiny`,
+2.2M parameters, the copy is 9 MB and activations fill the peak: there the two recipes come out about equal.)
 
 tokens/s = tokens of every pair (prompt + chosen and prompt + rejected, rendered with the chat template) × epochs /
 training wall time. Peak memory: `torch.cuda.max_memory_allocated` on a GPU; on a CPU the growth of the process's peak
-resident set over its size just before the model was loaded (the model, the reference, activations, optimizer state,
-and allocator and lazy-import noise, which dominates on a model as small as finetune-nb/tiny: there, "params held", the
-parameters both models keep in memory, shows the reference's cost directly: "weights MB" is them in fp32).
+resident set over its size just before the model was loaded (the model, the reference, activations, optimizer state),
+with glibc's large blocks returned when freed (`ALLOCATOR_ENV`), else the peak measures the allocator's cache.
 
-    python bench/dpo_throughput.py [--n-pairs 128] [--batch-size 8] [--threads 1]
+    python bench/dpo_throughput.py [--model finetune-nb/small-random] [--n-pairs 64] [--batch-size 8] [--threads 2]
 
 Last line: `tok_s=T ratio_vs_trl=R mem_ratio_vs_trl=M` (T: ours; R: ours / TRL tokens/s; M: ours / TRL peak memory).
 """
@@ -33,6 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
 LORA = dict(r=8, alpha=16, dropout=0.05, target_modules="all-linear")
+# glibc raises its mmap threshold each time a large block is freed, after which freed temporaries stay in the heap and the
+# resident set keeps them: the peak RSS then measures the allocator's cache, not the training's memory. A fixed threshold
+# returns every large block when it is freed (same for both recipes; read by glibc at process start).
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def pairs(n:int, seed:int=0)->list[dict]:
@@ -74,9 +79,9 @@ def run_one(kind:str, a)->dict:
     import gc, datasets, peft, trl  # noqa: F401  (everything either recipe imports, before the baseline memory reading)
     from trl import DPOConfig, DPOTrainer  # noqa: F401
     import finetune_nb.lora, finetune_nb.data  # noqa: F401
-    from finetune_nb.tiny import TINY_MODEL, ensure_tiny
+    from finetune_nb.tiny import resolve_model_path
     from finetune_nb.models import load_model
-    ensure_tiny(TINY_MODEL, progress=False)
+    model_id = resolve_model_path(a.model)
     recs = pairs(a.n_pairs, a.seed)
     cuda = torch.cuda.is_available()
     out = tempfile.mkdtemp(prefix=f"dpo-bench-{kind}-")
@@ -85,7 +90,7 @@ def run_one(kind:str, a)->dict:
     if cuda: torch.cuda.reset_peak_memory_stats()
     if kind == "ours":
         from finetune_nb.lora import LocalFineTuner, LoRAConfig, TrainingConfig
-        ft = LocalFineTuner(TINY_MODEL, LoRAConfig(**LORA), TrainingConfig(method="dpo", beta=a.beta, epochs=1, batch_size=a.batch_size, grad_accum=1,
+        ft = LocalFineTuner(model_id, LoRAConfig(**LORA), TrainingConfig(method="dpo", beta=a.beta, epochs=1, batch_size=a.batch_size, grad_accum=1,
                             max_length=a.max_length, seed=a.seed, save_steps=None, logging_steps=10_000, progress=False,
                             report_to="none", gradient_checkpointing=True), output_dir=out)   # no trackers, and activation checkpointing as TRL's DPOConfig defaults to
         res = ft.train(recs)
@@ -96,8 +101,8 @@ def run_one(kind:str, a)->dict:
         from trl import DPOConfig, DPOTrainer
         from finetune_nb.data import _preferences
         import datasets
-        model, tok = load_model(TINY_MODEL, training=True)
-        ref, _ = load_model(TINY_MODEL, training=True)
+        model, tok = load_model(model_id, training=True)
+        ref, _ = load_model(model_id, training=True)
         ds = datasets.Dataset.from_list([{k: v for k, v in p.to_trl().items() if k != "tools"} for p in _preferences(recs)])
         args = DPOConfig(output_dir=out, per_device_train_batch_size=a.batch_size, max_length=a.max_length, num_train_epochs=1, beta=a.beta,
                          bf16=cuda and torch.cuda.is_bf16_supported(), report_to="none", save_strategy="no", logging_steps=10_000,
@@ -116,26 +121,27 @@ def run_one(kind:str, a)->dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-pairs", type=int, default=128)
+    ap.add_argument("--n-pairs", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="finetune-nb/small-random", help="a finetune-nb tiny model name, Hugging Face id or local path")
     ap.add_argument("--run", choices=["ours", "trl"], help=argparse.SUPPRESS)   # a child process: one recipe, one JSON line
     a = ap.parse_args()
     if a.run:
         print("RESULT " + json.dumps(run_one(a.run, a)), flush=True); return
     res = {}
     for kind in ("trl", "ours"):
-        argv = [sys.executable, __file__, "--run", kind] + [x for k in ("n_pairs", "batch_size", "max_length", "beta", "threads", "seed")
+        argv = [sys.executable, __file__, "--run", kind] + [x for k in ("n_pairs", "batch_size", "max_length", "beta", "threads", "seed", "model")
                                                              for x in (f"--{k.replace('_', '-')}", str(getattr(a, k)))]
-        p = subprocess.run(argv, capture_output=True, text=True)
+        p = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **ALLOCATOR_ENV})
         line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
         if p.returncode or line is None: sys.exit(f"{kind} run failed:\n{p.stderr[-3000:]}")
         res[kind] = json.loads(line[7:])
     t, o = res["trl"], res["ours"]
-    print(f"DPO on finetune-nb/tiny, {a.n_pairs} triage pairs, batch {a.batch_size}, 1 epoch, LoRA r={LORA['r']} all-linear, {o['device']}, {a.threads} thread(s)")
+    print(f"DPO on {a.model} ({o['params_held']:,} parameters), {a.n_pairs} triage pairs, batch {a.batch_size}, 1 epoch, LoRA r={LORA['r']} all-linear, {o['device']}, {a.threads} thread(s)")
     print(f"{'recipe':44s} {'steps':>5s} {'seconds':>8s} {'tokens/s':>9s} {'peak MB':>8s} {'params held':>12s} {'weights MB':>10s}")
     for name, r in (("TRL DPOTrainer defaults + separate ref model", t), ("ours (LoRA, adapter-disabled reference)", o)):
         print(f"{name:44s} {r['steps']:5d} {r['seconds']:8.1f} {r['tok_s']:9.0f} {r['peak_mb']:8.1f} {r['params_held']:12,d} {r['params_held'] * 4 / 2**20:10.1f}")

@@ -35,7 +35,9 @@ class TinySpec:
     learning_rate:float=1e-3    # pretraining peak learning rate (cosine schedule); 3e-3 gave a worse base that fine-tunes far slower
     seed:int=0                  # seeds the text, the init and the data order
 
-TINY_MODELS = {TINY_MODEL: TinySpec(), "finetune-nb/tiny-random": TinySpec(pretrain_steps=0)}
+TINY_MODELS = {TINY_MODEL: TinySpec(), "finetune-nb/tiny-random": TinySpec(pretrain_steps=0),
+               # for benchmarks: random weights, 88M parameters (40x tiny, near the smallest real LMs), so weights weigh as they do in practice
+               "finetune-nb/small-random": TinySpec(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2048, pretrain_steps=0)}
 
 # %% ../nbs/04_tiny.ipynb #e66a41bb
 TINY_SPECIAL = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
