@@ -170,3 +170,13 @@ def test_local_pipeline_reproducible(tmp_path, ux_base_model):
         ms.append(json.loads((tmp_path/name/"metrics.json").read_text()))
     assert ms[0]["headline"] == ms[1]["headline"]
     assert [h.get("loss") for h in ms[0]["loss_history"]] == [h.get("loss") for h in ms[1]["loss_history"]]
+
+
+def test_pipeline_notebooks_are_not_run_by_nbdev_test():
+    "`nbdev_test` (in `make test`) must skip the pipelines: run with their defaults they are the full demos (the DPO one took 186 s, and its example copy 47 s more); the tests here run them with small parameters."
+    root = Path(__file__).resolve().parent.parent/"nbs"/"pipelines"
+    found = sorted(root.glob("*.ipynb")) + sorted((root/"examples").glob("*.ipynb"))
+    assert len(found) >= 8
+    front = lambda p: nbformat.read(str(p), as_version=4).cells[0]
+    missing = [p.relative_to(root).as_posix() for p in found if not (front(p).cell_type == "raw" and re.search(r"^skip_exec:\s*true$", front(p).source, re.M))]
+    assert not missing, f"add a first raw cell `---\\nskip_exec: true\\n---` to {missing}"
