@@ -18,10 +18,11 @@ from ..lora import (LoRAConfig, TrainingConfig, HyperparameterError, OPENAI_HYPE
     check_hyperparameters as _check_hyperparameters, resolve_report_to)
 
 # %% auto #0
-__all__ = ['JOB_EXECUTORS', 'SERVER_RESTARTED', 'RAY_STOP_GRACE', 'RAY_START_TRIES', 'MLFLOW_EXPERIMENT', 'check_hyperparameters',
-           'openai_hyperparameters', 'job_method', 'training_configs', 'trained_hyperparameters', 'Executor',
-           'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint', 'metrics_csv', 'RayChannel', 'ray_temp_dir',
-           'ray_init', 'ray_train_worker', 'ray_driver', 'wandb_unavailable', 'job_params']
+__all__ = ['JOB_EXECUTORS', 'SERVER_RESTARTED', 'RAY_STOP_GRACE', 'RAY_START_TRIES', 'LOCAL_RAY_ENV', 'MLFLOW_EXPERIMENT',
+           'check_hyperparameters', 'openai_hyperparameters', 'job_method', 'training_configs',
+           'trained_hyperparameters', 'Executor', 'TrainPlan', 'Jobs', 'intact_checkpoint', 'last_checkpoint',
+           'metrics_csv', 'RayChannel', 'ray_temp_dir', 'ray_init', 'ray_train_worker', 'ray_driver',
+           'wandb_unavailable', 'job_params']
 
 # %% ../../nbs/07d_jobs.ipynb #db1a2228
 def check_hyperparameters(
@@ -362,6 +363,10 @@ def ray_temp_dir(root:Path)->Path:
 
 _RAY_LOCK = threading.Lock()
 RAY_START_TRIES = 3   # a local Ray node that doesn't register in time (Ray waits 30 s; an overloaded machine can miss it) is started again
+LOCAL_RAY_ENV = {     # a local instance (defaults; the environment wins): one machine, nothing sent anywhere, fewer actors to start
+    "RAY_USAGE_STATS_ENABLED": "0",                     # no usage report to Ray's servers
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",         # no node of one machine is drained under the run
+    "RAY_TRAIN_METRICS_ENABLED": "0", "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0"}
 
 def _end_ray_leftovers(tmp:Path):
     "Kill what a failed local Ray start left running: the server's child processes that name Ray's temp dir `tmp`."
@@ -388,6 +393,7 @@ def ray_init(ex:Executor, root:Path):
             try: return ray.init(address=ex.address, **kw)
             except Exception as e: raise TrainingError(f"could not connect to the Ray cluster at FINETUNE_NB_RAY_ADDRESS={ex.address!r}: {e}") from e
         tmp = ray_temp_dir(root); tmp.mkdir(parents=True, exist_ok=True)
+        for k,v in LOCAL_RAY_ENV.items(): os.environ.setdefault(k, v)
         for i in range(RAY_START_TRIES):
             try: return ray.init(num_cpus=ex.workers, include_dashboard=False, _temp_dir=str(tmp), **kw)
             except Exception as e:
