@@ -541,7 +541,11 @@ def to_conversation(
 )->Conversation:
     "One record of any supported format as a `Conversation`; a `DataError` names the field if it can't be read."
     _refuse_unsupported(format, "<record>")
-    try: return _READERS[format](record, ShareGPTTags.parse(tags)) if format == "sharegpt" else _READERS[format](record)
+    return _read_record(_READERS, format, record, tags, tagged="sharegpt")
+
+def _read_record(readers:dict, format:str, record, tags, tagged:str):
+    "`record` read by `readers[format]` (the ShareGPT reader `tagged` also takes the tags); a `DataError` names the field if it can't be."
+    try: return readers[format](record, ShareGPTTags.parse(tags)) if format == tagged else readers[format](record)
     except _Bad as e: raise DataError(f"{e.fld or '-'}: {e.msg}") from None
 
 def read_dataset(
@@ -1525,8 +1529,7 @@ def to_preference(
 )->Preference:
     "One preference record of any supported format as a `Preference`; a `DataError` names the field if it can't be read."
     if format not in PREFERENCE_FORMATS: raise ConfigError(f"unknown preference format {format!r}", hint=f"use one of {', '.join(PREFERENCE_FORMATS)}")
-    try: return _from_sharegpt_dpo(record, ShareGPTTags.parse(tags)) if format == "sharegpt_dpo" else _PREF_READERS[format](record)
-    except _Bad as e: raise DataError(f"{e.fld or '-'}: {e.msg}") from None
+    return _read_record(_PREF_READERS, format, record, tags, tagged="sharegpt_dpo")
 
 def read_preferences(
     path:str|Path,         # file to read (JSONL or a JSON array)
