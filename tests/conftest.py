@@ -39,5 +39,13 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if (p := getattr(config, "_tiny_build", None)) is not None: p.wait()   # the cache it fills serves the next run too
 
+# Then the longest files first (seconds in a full run), so the suite does not end on one worker with the other idle.
+LONGEST_FIRST = ("test_docs.py", "test_tracking.py", "test_serve_ray.py", "test_serve_security.py", "test_serve_flow.py", "test_lora.py", "test_pipelines.py", "test_serve.py",
+                 "test_migrate.py", "test_tools.py", "test_simple_api.py", "test_migrate_all.py", "test_guide.py", "test_serve_dpo.py")
+
+def _order(item)->tuple:
+    name = Path(str(item.path)).name
+    return (name not in NO_TINY_MODEL, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST))
+
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda it: Path(str(it.path)).name not in NO_TINY_MODEL)   # stable: each file keeps its own order
+    items.sort(key=_order)   # stable: each file keeps its own order
