@@ -881,6 +881,7 @@ def serve(
     batch_wait_ms:float=15.0,        # a batch closes when no request arrives for this long
     max_loaded:int=4,                # models (base + adapter) kept loaded
     max_queue:int=256,               # chat requests waiting or running at once; more are refused with 429 and Retry-After
+    stream_interval_ms:float=30.0,   # a stream sends at most one chunk per this many ms; pieces made sooner are merged (0 = each as it comes)
     no_jobs:bool=False,              # serve models only: run no fine-tuning jobs
     log_level:Literal["critical", "error", "warning", "info", "debug"]="info", # uvicorn's log level
 )->int:
@@ -888,7 +889,7 @@ def serve(
     from finetune_nb.serve import run_server
     run_server(host=host, port=port, data_dir=data_dir, log_level=log_level, max_upload_bytes=max_upload_bytes, max_body_bytes=max_body_bytes, state_dir=state_dir, backends=backends,
                base_models=base_model, model_map=model_map, max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_loaded=max_loaded, max_queue=max_queue,
-               run_jobs=not no_jobs)
+               stream_interval_ms=stream_interval_ms, run_jobs=not no_jobs)
     return 0
 
 # %% ../nbs/10_cli.ipynb #77319eb6

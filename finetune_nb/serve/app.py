@@ -60,6 +60,7 @@ class Service:
         run_jobs:bool=True,              # start the fine-tuning worker
         backends:str|dict|None=None,     # declared upstream backends `{name: {url, key_env, type}}` (default `$FINETUNE_NB_BACKENDS`)
         max_queue:int=256,               # chat requests waiting or running at once; more get 429 with Retry-After
+        stream_interval_ms:float=30.0,   # a stream sends at most one chunk per this many ms; pieces made sooner are merged (0 = each as it comes)
     ):
         self.data_dir = get_config(data_dir).data_dir
         self.root = Path(state_dir).expanduser().resolve() if state_dir else self.data_dir/"serve"
@@ -70,7 +71,7 @@ class Service:
         self.models = Models(self.store, base_models or default_base_models(), parse_model_map(model_map), on_delete=self.pool.evict,
                              backends=parse_backends(backends))
         self.batcher = Batcher(self.pool, max_batch=max_batch, wait_ms=batch_wait_ms, max_queue=max_queue)
-        self.chat = Chat(self.batcher)
+        self.chat = Chat(self.batcher, stream_interval_ms=stream_interval_ms)
         self.jobs = Jobs(self.store, self.files, self.models, self.root/"jobs")
         self.run_jobs,self.metrics,self.log = run_jobs,defaultdict(float),get_logger("finetune_nb.serve")
 

@@ -513,7 +513,11 @@ class LoopMailbox:
 
 class Chat:
     "Chat completions, plain and streamed, local or upstream."
-    def __init__(self, batcher:Batcher): self.batcher,self.log,self._mailbox = batcher,get_logger("finetune_nb.serve"),None
+    def __init__(self,
+        batcher:Batcher,               # where local generations run
+        stream_interval_ms:float=30.0, # a stream sends at most one chunk per this many ms; pieces made sooner are merged (0 = each as it comes)
+    ):
+        self.batcher,self.log,self._mailbox,self.stream_interval = batcher,get_logger("finetune_nb.serve"),None,max(0.0, stream_interval_ms)/1000
 
     def mailbox(self, loop:asyncio.AbstractEventLoop)->LoopMailbox:
         "The mailbox into `loop` (the server's event loop) that streams receive their deltas through."
@@ -549,10 +553,13 @@ async def _chunks(self:Chat, model:str, events:asyncio.Queue, include_usage:bool
     cid,created,tools = f"chatcmpl-{secrets.token_hex(12)}",now(),tools or ToolDeltas()
     chunk = lambda **kw: f"data: {json.dumps(completion_chunk(cid, created, model, **kw))}\n\n"
     yield chunk(delta={"role": "assistant", "content": ""})
+    loop,last = asyncio.get_running_loop(),float("-inf")
     while (event := await events.get())[0] == "delta":
+        if (wait := last + self.stream_interval - loop.time()) > 0: await asyncio.sleep(wait)   # let the next pieces join this chunk
         text = [event[1] or ""]
         while not events.empty() and (event := events.get_nowait())[0] == "delta": text.append(event[1] or "")   # deltas that queued up while
         for d in tools.feed("".join(text)): yield chunk(delta=d)                                                # the client read go out as one chunk
+        last = loop.time()
         if event[0] == "done": break
     if (error := event[1].exception()) is not None:
         self.log.error("stream failed: %s", error)
