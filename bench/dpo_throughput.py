@@ -141,7 +141,7 @@ def main():
         if p.returncode or line is None: sys.exit(f"{kind} run failed:\n{p.stderr[-3000:]}")
         res[kind] = json.loads(line[7:])
     t, o = res["trl"], res["ours"]
-    print(f"DPO on {a.model} ({o['params_held']:,} parameters), {a.n_pairs} triage pairs, batch {a.batch_size}, 1 epoch, LoRA r={LORA['r']} all-linear, {o['device']}, {a.threads} thread(s)")
+    print(f"DPO on {a.model}, {a.n_pairs} triage pairs, batch {a.batch_size}, 1 epoch, LoRA r={LORA['r']} all-linear, {o['device']}, {a.threads} thread(s)")
     print(f"{'recipe':44s} {'steps':>5s} {'seconds':>8s} {'tokens/s':>9s} {'peak MB':>8s} {'params held':>12s} {'weights MB':>10s}")
     for name, r in (("TRL DPOTrainer defaults + separate ref model", t), ("ours (LoRA, adapter-disabled reference)", o)):
         print(f"{name:44s} {r['steps']:5d} {r['seconds']:8.1f} {r['tok_s']:9.0f} {r['peak_mb']:8.1f} {r['params_held']:12,d} {r['params_held'] * 4 / 2**20:10.1f}")
