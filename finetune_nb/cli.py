@@ -509,9 +509,10 @@ class Progress:
         log:Path|None=None,     # also append every line here (`tail -f` it from another terminal)
         every:float=5.0,        # a heartbeat line after this many seconds without one
         out=None,               # where lines go (default: `sys.stdout` at the time of writing)
+        watch:Path|None=None,   # a run folder: a heartbeat adds the step and loss of training under way there (its `progress.json`)
     ):
         import threading
-        self.log, self.every, self.out, self.t0 = log, every, out, time.time()
+        self.log, self.every, self.out, self.watch, self.t0 = log, every, out, watch, time.time()
         self.step, self.step_t0, self.last_step, self.last = None, None, None, time.time()
         self._lock, self._stop, self._thread = threading.Lock(), threading.Event(), None
 
@@ -533,7 +534,21 @@ class Progress:
     def _beat(self):
         while not self._stop.wait(min(1.0, self.every)):
             if self.step and time.time() - self.last >= self.every:
-                self.line(f"  ... {self.step.split(':')[0]} still running ({time.time() - self.step_t0:.0f}s)")
+                self.line(f"  ... {self.step.split(':')[0]} still running ({time.time() - self.step_t0:.0f}s){self.training()}")
+
+    def training(self)->str:
+        "`; training: step 120/300, loss 0.842` from the newest `progress.json` in the watched run folder (or a subfolder) written during this step, else ''."
+        from finetune_nb.lora import PROGRESS_FILE
+        if self.watch is None or self.step_t0 is None: return ""
+        files = [p for p in (self.watch/PROGRESS_FILE, *self.watch.glob(f"*/{PROGRESS_FILE}")) if p.is_file()]
+        try:
+            newest = max(files, key=lambda p: p.stat().st_mtime, default=None)
+            if newest is None or newest.stat().st_mtime < self.step_t0 - 1: return ""   # (a second's slack for file-time granularity)
+            s = json.loads(newest.read_text())
+        except (OSError, ValueError): return ""   # a run folder being cleaned, a file being replaced
+        if not isinstance(s, dict) or s.get("status") != "training" or not isinstance(s.get("step"), int): return ""
+        out = f"; training {newest.parent.name}: step {s['step']}" + (f"/{s['max_steps']}" if isinstance(s.get("max_steps"), int) and s["max_steps"] > 0 else "")
+        return out + (f", loss {s['loss']:.4g}" if isinstance(s.get("loss"), (int, float)) else "")
 
     def __enter__(self):
         import threading
@@ -604,7 +619,7 @@ def run_pipeline(
     out, plog, status = run_dir/nb.name, run_dir/"progress.log", run_dir/"status.json"
     plog.write_text("")
     atomic_write_json(status, {"status": "running", "pipeline": nb.name, "started": time.time()})
-    pr = Progress(plog, out=None if progress else open(os.devnull, "w"))
+    pr = Progress(plog, out=None if progress else open(os.devnull, "w"), watch=run_dir)
     pr.line(f"run folder: {run_dir}  (follow it: tail -f {plog}; the notebook {out.name} is saved as cells finish)")
     papermill_engines.register("finetune_nb", _progress_engine(pr))
     sock_dir = tempfile.mkdtemp(prefix="finetune-nb-kernel-")

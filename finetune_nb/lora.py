@@ -21,9 +21,10 @@ log = get_logger("finetune_nb.lora")
 
 # %% auto #0
 __all__ = ['log', 'METHODS', 'OBJECTIVES', 'PRECISIONS', 'COMPUTE_DTYPES', 'REFERENCE_LR', 'SCHEDULERS', 'OPENAI_HYPERPARAMETERS',
-           'DPO_HYPERPARAMETERS', 'LOCAL_HYPERPARAMETERS', 'TRACKING_HINT', 'synonyms', 'LoRAConfig', 'TrainingConfig',
-           'HyperparameterError', 'check_hyperparameters', 'has_generation_markers', 'tokenize_conversation',
-           'tokenize_dataset', 'ChatCollator', 'TrainResult', 'resolve_report_to', 'tracking_env', 'LocalFineTuner']
+           'DPO_HYPERPARAMETERS', 'LOCAL_HYPERPARAMETERS', 'PROGRESS_FILE', 'TRACKING_HINT', 'synonyms', 'LoRAConfig',
+           'TrainingConfig', 'HyperparameterError', 'check_hyperparameters', 'has_generation_markers',
+           'tokenize_conversation', 'tokenize_dataset', 'ChatCollator', 'TrainResult', 'resolve_report_to',
+           'tracking_env', 'LocalFineTuner']
 
 # %% ../nbs/05_lora.ipynb #3a5dddb8
 def synonyms(**names):
@@ -462,11 +463,22 @@ def _any_rank(flag:bool, device)->bool:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
-def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Event|None):
-    "A `TrainerCallback` that forwards logs to `history` and plain callables, and honours `stop_event`."
+PROGRESS_FILE = "progress.json"   # in a run's output_dir while it trains: step, max_steps, epoch, last loss (`finetune-nb run` shows it)
+
+def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Event|None, progress_path:Path|None=None):
+    "A `TrainerCallback` that forwards logs to `history` and plain callables, honours `stop_event`, and keeps `progress_path` current (at most once a second)."
     from transformers import TrainerCallback
     class Bridge(TrainerCallback):
-        stopped = False
+        stopped, written, status = False, 0.0, {}
+        def _progress(self, state, force=False, **kw):
+            self.status.update(kw)
+            if progress_path is None or not state.is_world_process_zero or (not force and time.time() - self.written < 1.0): return
+            self.status.update(step=state.global_step, max_steps=state.max_steps, epoch=state.epoch, updated=time.time())
+            try: atomic_write_json(progress_path, self.status)
+            except OSError as e: log.warning("could not write %s: %s", progress_path, e)
+            self.written = time.time()
+        def on_train_begin(self, args, state, control, **kw): self._progress(state, force=True, status="training")
+        def on_train_end(self, args, state, control, **kw): self._progress(state, force=True, status="stopped" if self.stopped else "done")
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
             rec = {"step": state.global_step, "epoch": state.epoch}
@@ -475,11 +487,13 @@ def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Ev
             else: return
             rec.update({k: float(v) for k, v in logs.items() if k.startswith(("rewards/", "logps/", "eval_rewards/", "eval_logps/"))})   # DPO
             history.append(rec)
+            self._progress(state, force=True, **{k: rec[k] for k in ("loss", "eval_loss") if k in rec})
             if not state.is_world_process_zero: return
             for cb in callbacks or []:
                 try: cb(dict(rec))
                 except Exception as e: log.warning("training callback %r failed: %s", cb, e)
         def on_step_end(self, args, state, control, **kw):
+            self._progress(state)
             if state.max_steps and state.global_step >= state.max_steps: control.should_log = True   # final_loss is the last step's window
             if stop_event is not None and _any_rank(stop_event.is_set(), args.device):
                 self.stopped = control.should_training_stop = control.should_save = True
@@ -645,7 +659,7 @@ class LocalFineTuner:
         elif resume_from_checkpoint is not None and not Path(resume_from_checkpoint).is_dir():
             raise TrainingError(f"checkpoint {resume_from_checkpoint} does not exist", hint=f"pass a checkpoint-N folder under {self.output_dir} or True")
         history = []
-        bridge = _bridge(history, callbacks, stop_event)
+        bridge = _bridge(history, callbacks, stop_event, self.output_dir/PROGRESS_FILE)
         args = self._training_args(eval_ds is not None)
         with tracking_env(args.report_to, self.output_dir):
             trainer = Trainer(model=self.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -727,7 +741,7 @@ def _train_dpo(self:LocalFineTuner, train_data, eval_data=None, resume_from_chec
             if self.method != "full": peft_config = self.lora_config.to_peft()
         resume = _resume_point(self.output_dir, resume_from_checkpoint)
         history = []
-        bridge = _bridge(history, callbacks, stop_event)
+        bridge = _bridge(history, callbacks, stop_event, self.output_dir/PROGRESS_FILE)
         args = self._training_args(eval_ds is not None, DPOConfig, beta=tc.beta, max_length=tc.max_length,
                                    precompute_ref_log_probs=self.method == "full", dataset_num_proc=None,
                                    **(dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, tc.sft_weight]) if tc.sft_weight else {}))

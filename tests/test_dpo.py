@@ -61,6 +61,8 @@ def test_dpo_lora_one_base_copy_and_accuracy_rises(toy_model_dir, toy_task, tmp_
     assert logged and all(k in logged[-1] for k in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"))
     assert any("rewards/margins" in h for h in seen) and any("eval_rewards/accuracies" in h for h in seen) and res.objective == "dpo" and res.data_report["kept"] == len(pairs)
     assert (tmp_path/"run"/"adapter"/"adapter_config.json").exists() and not (tmp_path/"run"/"adapter"/"ref").exists()
+    live = json.loads((tmp_path/"run"/"progress.json").read_text())   # the live progress file, as for SFT
+    assert live["status"] == "done" and live["step"] == res.steps == live["max_steps"] and live["loss"] == pytest.approx(logged[-1]["loss"])
 
 def test_sft_then_dpo_starts_from_the_adapter(toy_model_dir, toy_task, tmp_path):
     train, test = toy_task

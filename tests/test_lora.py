@@ -211,6 +211,10 @@ def test_stop_event_then_resume_matches_uninterrupted(toy_model_dir, toy_task, t
     part = first.train(train, callbacks=[stop_at_3], stop_event=stop)
     assert part.stopped and part.steps < 8 and part.checkpoint and Path(part.checkpoint, "optimizer.pt").exists()
     assert Path(part.checkpoint, "adapter_model.safetensors").exists() and Path(part.checkpoint, "scheduler.pt").exists()
+    # the live progress file (what `finetune-nb run`'s heartbeat reads) ends with the run's state, its last step and loss
+    live = lambda d: json.loads((tmp_path/d/"progress.json").read_text())
+    assert live("a")["status"] == "done" and (live("a")["step"], live("a")["max_steps"]) == (8, 8)
+    assert live("a")["loss"] == pytest.approx(full.final_loss) and live("b")["status"] == "stopped" and live("b")["step"] == part.steps
 
     again = LocalFineTuner(toy_model_dir, LoRAConfig(target_modules="all-linear"), _cfg(**cfg), output_dir=tmp_path/"b")
     res = again.train(train, resume_from_checkpoint=True)

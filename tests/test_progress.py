@@ -32,6 +32,8 @@ def test_run_shows_progress_every_10s(tmp_path, ux_base_model):
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     for i in code: assert any(f"cell {i + 1}/{len(nb.cells)}:" in l for l in lines), i
     assert json.loads((run_dir/"status.json").read_text())["status"] == "succeeded"
+    live = json.loads((run_dir/"train"/"progress.json").read_text())   # the trainer's live file, which the heartbeat reads while it trains
+    assert (live["status"], live["step"], live["max_steps"]) == ("done", 4, 4) and live["loss"] > 0
     assert (run_dir/"progress.log").read_text().splitlines()[0] == lines[0]
     # the executed notebook keeps its plots inline: the token histogram and the report's figures
     pngs = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
