@@ -11,9 +11,13 @@ SMALL = ["-p", "n_train", "48", "-p", "n_test", "6", "-p", "eval_limit", "6", "-
          "-p", "max_length", "384", "-p", "logging_steps", "1"]
 
 
+def _foreground_signals():
+    "In the child: SIGINT as a terminal's foreground job has it. A job started in the background by a non-interactive shell (as CI may run the suite) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 def _start(cwd:Path, *args:str)->subprocess.Popen:
     return subprocess.Popen([CLI, "run", "local", *SMALL, *args, "--runs-dir", str(cwd/"runs")], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, bufsize=1)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, bufsize=1, preexec_fn=_foreground_signals)
 
 
 def test_run_shows_progress_every_10s(tmp_path, ux_base_model):
@@ -43,7 +47,6 @@ def test_run_shows_progress_every_10s(tmp_path, ux_base_model):
     assert not [f for f in os.listdir(tmp_path) if f.startswith("kernel")]      # no stray kernel socket files in the cwd
 
 
-@pytest.mark.slow   # timing-dependent (SIGINT while the training cell runs): passed alone, but in CI's full run the run ended with 0 instead of 130; on demand (`make test-slow`) until that is understood
 def test_ctrl_c_is_one_line_and_marks_the_run(tmp_path, ux_base_model):
     p = _start(tmp_path, "-p", "base_model", ux_base_model, "-p", "max_steps", "400")
     for line in p.stdout:
