@@ -15,6 +15,9 @@ def flow_srv(tmp_path_factory, serve_base_model):
     from fixtures_serve import ServerProc
     d = tmp_path_factory.mktemp("flow-server")
     env = {"FINETUNE_NB_MLFLOW_URI": f"sqlite:///{d/'mlflow.db'}"} if importlib.util.find_spec("mlflow") else {}   # every job tracked (tests/test_tracking.py)
+    if importlib.util.find_spec("wandb"):   # OpenAI's wandb integration runs offline: nothing leaves the machine, all of it under d
+        env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(d/"wandb"), WANDB_CACHE_DIR=str(d/"wandb-cache"),
+                   WANDB_CONFIG_DIR=str(d/"wandb-config"), WANDB_DATA_DIR=str(d/"wandb-data"))
     p = ServerProc(d, serve_base_model, KEY, env=env).start()
     yield p
     p.stop()
@@ -47,6 +50,15 @@ def check_tracked_in_mlflow(uri:str, job, metrics:list, msgs:list):
     params = runs[0].data.params
     assert params["training.max_steps"] == str(HP["max_steps"]) and params["lora.r"] == "8" and params["fine_tuned_model"] == job.fine_tuned_model
     assert any(f"MLflow run {runs[0].info.run_id}" in x for x in msgs)
+
+
+def check_tracked_in_wandb(wandb_dir:Path, job, msgs:list):
+    "OpenAI's wandb integration, offline: one run, named by the job, tagged with it, in project p, and the trainer's losses logged into it."
+    assert f"Weights & Biases run {job.id} in project p" in msgs, msgs
+    runs = list(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, runs
+    log = runs[0].read_bytes()   # wandb's own record log; its strings (names, keys) are stored as they are
+    for s in (job.id, f"finetune-nb/{job.id}", "train/loss", "training.max_steps", job.fine_tuned_model): assert s.encode() in log, s
 
 
 def test_full_flow(flow_srv, tmp_path):
@@ -82,6 +94,7 @@ def test_full_flow(flow_srv, tmp_path):
     assert all(isinstance(e.data["train_loss"], float) and e.data["train_loss"] > 0 for e in metrics)
     if importlib.util.find_spec("wandb") is None:   # not installed here: a warn event says the integration was skipped, and why
         assert any(e.level == "warn" and "Weights & Biases integration skipped: wandb is not installed" in e.message for e in events), msgs
+    else: check_tracked_in_wandb(Path(srv.env["WANDB_DIR"]), done, msgs)
     if srv.env.get("FINETUNE_NB_MLFLOW_URI"): check_tracked_in_mlflow(srv.env["FINETUNE_NB_MLFLOW_URI"], done, metrics, msgs)
     p1 = c.fine_tuning.jobs.list_events(job.id, limit=3)
     assert len(p1.data) == 3 and p1.has_more and c.fine_tuning.jobs.list_events(job.id, limit=3, after=p1.data[-1].id).data[0].id == events[3].id

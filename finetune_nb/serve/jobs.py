@@ -327,6 +327,7 @@ def finish(self:Jobs, plan:TrainPlan, result):
     metrics_file = self.files.add(plan.owner, "step_metrics.csv", "fine-tune-results", metrics_csv(plan.rows), validate=False)
     self.models.register(plan.owner, plan.model_id, plan.base, adapter, job_id)
     self.event(job_id, f"New fine-tuned model created: {plan.model_id}")
+    self._track_end(job_id, "succeeded")   # its tracked runs are closed by the time a client sees the job succeed
     self.store.update("jobs", job_id, status="succeeded", finished_at=now(), fine_tuned_model=plan.model_id,
                       trained_tokens=result.train_tokens, result_files=[metrics_file.id])
     self.event(job_id, "The job has successfully completed")
@@ -341,6 +342,7 @@ def fail(self:Jobs, job_id:str, e:Exception):
     if self.store.get("jobs", job_id)["status"] == "cancelled": return
     from finetune_nb.models import InsufficientMemory
     code = "invalid_training_file" if isinstance(e, DataError) else "insufficient_memory" if isinstance(e, InsufficientMemory) else "training_error"
+    self._track_end(job_id, "failed")
     self.store.update("jobs", job_id, status="failed", finished_at=now(), error={"code": code, "param": None, "message": msg[:2000]})
     self.event(job_id, f"Fine-tuning job failed: {msg[:500]}", level="error")
     self.count("jobs_failed")
@@ -604,10 +606,10 @@ def _track_metrics(self:Jobs, job_id:str, data:dict):
     except Exception as e: self.log.warning("job %s: MLflow could not log step %s: %s", job_id, data["step"], e)
 
 @patch
-def _track_end(self:Jobs, job_id:str):
-    "Close the job's trackers with its final status (a job interrupted by a shutdown stays RUNNING: it resumes)."
+def _track_end(self:Jobs, job_id:str, status:str|None=None):
+    "Close the job's trackers (once) with its final status, given or as stored (a job interrupted by a shutdown stays RUNNING: it resumes)."
     t = self._tracked.pop(job_id, {})
-    status = (self.store.get("jobs", job_id) or {}).get("status")
+    status = status or (self.store.get("jobs", job_id) or {}).get("status")
     if "mlflow" in t and status in _MLFLOW_STATUS:
         c, run_id = t["mlflow"]
         try: c.set_terminated(run_id, status=_MLFLOW_STATUS[status])
