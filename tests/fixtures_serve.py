@@ -100,3 +100,18 @@ def module_server(tmp_path_factory, serve_base_model):
     start, procs = _server_factory(tmp_path_factory.mktemp("serve"), serve_base_model)
     yield start
     for p in procs: p.stop()
+
+
+def offline_wandb_env(d:Path)->dict:
+    "A server's environment for OpenAI's wandb integration offline: nothing leaves the machine, every wandb folder under `d`."
+    return dict(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(d/"wandb"), WANDB_CACHE_DIR=str(d/"wandb-cache"),
+                WANDB_CONFIG_DIR=str(d/"wandb-config"), WANDB_DATA_DIR=str(d/"wandb-data"))
+
+
+def check_tracked_in_wandb(wandb_dir:Path, job, msgs:list, keys=("train/loss",)):
+    "OpenAI's wandb integration, offline: one run, named by the job, tagged with it, in project p, and the losses (`keys`) logged into it."
+    assert f"Weights & Biases run {job.id} in project p" in msgs, msgs
+    runs = list(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, runs
+    log = runs[0].read_bytes()   # wandb's own record log; its strings (names, keys) are stored as they are
+    for s in (job.id, f"finetune-nb/{job.id}", "training.max_steps", job.fine_tuned_model, *keys): assert s.encode() in log, s

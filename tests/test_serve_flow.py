@@ -2,6 +2,7 @@
 import importlib.util, json, time
 from pathlib import Path
 import httpx, openai, pytest
+from fixtures_serve import check_tracked_in_wandb, offline_wandb_env
 
 KEY = "sk-serve-flow-12345678"
 # tiny and fast: a few optimizer steps on short examples; a high learning rate so the model visibly changes
@@ -15,9 +16,7 @@ def flow_srv(tmp_path_factory, serve_base_model):
     from fixtures_serve import ServerProc
     d = tmp_path_factory.mktemp("flow-server")
     env = {"FINETUNE_NB_MLFLOW_URI": f"sqlite:///{d/'mlflow.db'}"} if importlib.util.find_spec("mlflow") else {}   # every job tracked (tests/test_tracking.py)
-    if importlib.util.find_spec("wandb"):   # OpenAI's wandb integration runs offline: nothing leaves the machine, all of it under d
-        env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(d/"wandb"), WANDB_CACHE_DIR=str(d/"wandb-cache"),
-                   WANDB_CONFIG_DIR=str(d/"wandb-config"), WANDB_DATA_DIR=str(d/"wandb-data"))
+    if importlib.util.find_spec("wandb"): env.update(offline_wandb_env(d))
     p = ServerProc(d, serve_base_model, KEY, env=env).start()
     yield p
     p.stop()
@@ -50,15 +49,6 @@ def check_tracked_in_mlflow(uri:str, job, metrics:list, msgs:list):
     params = runs[0].data.params
     assert params["training.max_steps"] == str(HP["max_steps"]) and params["lora.r"] == "8" and params["fine_tuned_model"] == job.fine_tuned_model
     assert any(f"MLflow run {runs[0].info.run_id}" in x for x in msgs)
-
-
-def check_tracked_in_wandb(wandb_dir:Path, job, msgs:list):
-    "OpenAI's wandb integration, offline: one run, named by the job, tagged with it, in project p, and the trainer's losses logged into it."
-    assert f"Weights & Biases run {job.id} in project p" in msgs, msgs
-    runs = list(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(runs) == 1, runs
-    log = runs[0].read_bytes()   # wandb's own record log; its strings (names, keys) are stored as they are
-    for s in (job.id, f"finetune-nb/{job.id}", "train/loss", "training.max_steps", job.fine_tuned_model): assert s.encode() in log, s
 
 
 def test_full_flow(flow_srv, tmp_path):

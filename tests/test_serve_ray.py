@@ -1,8 +1,10 @@
 "Jobs on a Ray cluster (issue 18): a server with `FINETUNE_NB_JOB_EXECUTOR=ray` trains each job as a Ray Train run."
-import os, subprocess, sys, time
+import importlib.util, os, subprocess, sys, time
+from pathlib import Path
 import pytest
 
 pytest.importorskip("ray.train", reason="Ray Train is not installed (pip install 'finetune_nb[ray]')")
+from fixtures_serve import check_tracked_in_wandb, offline_wandb_env
 
 # a few steps on short examples, logged every 2 steps; a high learning rate so the model visibly changes
 HP = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 25, "max_steps": 8, "max_length": 384, "logging_steps": 2, "save_steps": 4}
@@ -26,11 +28,13 @@ def watch_job(c, job_id, timeout=600):
 # synchronization actors, two workers importing torch), ~3 s of training; CI's full run is slower (2 pytest workers beside it)
 def test_ray_job_two_workers(start_server, tmp_path):
     from finetune_nb.demo import write_demo_files, make_demo_data
-    srv = start_server("ray", env=RAY_ENV)
+    wandb_env = offline_wandb_env(tmp_path) if importlib.util.find_spec("wandb") else {}
+    srv = start_server("ray", env={**RAY_ENV, **wandb_env})
     c = srv.client()
     base = next(m.id for m in c.models.list() if "tiny" in m.id)
     f = c.files.create(file=open(write_demo_files(tmp_path/"demo", n_train=24, n_test=2, seed=5)["train"], "rb"), purpose="fine-tune")
-    job = c.fine_tuning.jobs.create(model=base, training_file=f.id, suffix="ray", seed=7, hyperparameters=HP)
+    job = c.fine_tuning.jobs.create(model=base, training_file=f.id, suffix="ray", seed=7, hyperparameters=HP,
+                                    integrations=[{"type": "wandb", "wandb": {"project": "p"}}])
     done, live = watch_job(c, job.id)
     assert done.status == "succeeded", (done.error, srv.read_log())
     assert done.fine_tuned_model == f"ft:{base}:ray:{job.id}" and done.trained_tokens > 0
@@ -40,6 +44,8 @@ def test_ray_job_two_workers(start_server, tmp_path):
     assert [e.data["step"] for e in metrics][::-1] == [2, 4, 6, 8] and all(e.data["train_loss"] > 0 for e in metrics)
     assert live, "no metrics event arrived while the Ray run was training"
     assert sorted(ck.step_number for ck in c.fine_tuning.jobs.checkpoints.list(job.id)) == [4, 8]
+    if wandb_env:   # OpenAI's wandb integration on Ray: the server logs the workers' metrics into the job's one run
+        check_tracked_in_wandb(Path(wandb_env["WANDB_DIR"]), done, [e.message for e in events], keys=("train_loss",))
     # the model trained on Ray serves like any other, and it changed
     _, test = make_demo_data(n_train=1, n_test=2, seed=11)
     prompts = [[m for m in r["messages"] if m["role"] != "assistant"] for r in test]

@@ -572,7 +572,9 @@ def _track_start(self:Jobs, plan:TrainPlan):
             import wandb
             t["wandb"] = wandb.init(project=w["project"], name=w.get("name") or job_id, entity=w.get("entity"),
                                     tags=[*w.get("tags", []), "finetune-nb", f"finetune-nb/{job_id}"], config=job_params(plan))
-            plan.training_config.report_to = [*resolve_report_to(plan.training_config.report_to), "wandb"]   # the trainer logs into this run
+            if self.executor.kind == "local":   # the trainer logs into this run; a Ray run's trainers live elsewhere: `_track_metrics` logs theirs
+                plan.training_config.report_to = [*resolve_report_to(plan.training_config.report_to), "wandb"]
+            else: t["wandb_from_events"] = True
             self.event(job_id, f"Weights & Biases run {w.get('name') or job_id} in project {w['project']}", data={"integration": "wandb"})
         except Exception as e:
             self.event(job_id, f"Weights & Biases integration skipped: {type(e).__name__}: {hide_paths(str(e))[:300]}", level="warn")
@@ -596,12 +598,18 @@ def _track_start(self:Jobs, plan:TrainPlan):
 
 @patch
 def _track_metrics(self:Jobs, job_id:str, data:dict):
-    "Log one metrics event's numbers (train_loss, valid_loss, learning_rate, ...) to the job's MLflow run."
-    if (t := self._tracked.get(job_id, {}).get("mlflow")) is None or data.get("step") is None: return
+    "Log one metrics event's numbers (train_loss, valid_loss, learning_rate, ...) to the job's MLflow run (and its wandb run when the trainer does not)."
+    t = self._tracked.get(job_id, {})
+    if data.get("step") is None: return
+    nums = {k: float(v) for k, v in data.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+    if t.get("wandb_from_events"):
+        try: t["wandb"].log(nums, step=int(data["step"]))
+        except Exception as e: self.log.warning("job %s: wandb could not log step %s: %s", job_id, data["step"], e)
+    if t.get("mlflow") is None: return
     from mlflow.entities import Metric
-    c, run_id = t
+    c, run_id = t["mlflow"]
     ts = int(now() * 1000)
-    ms = [Metric(k, float(v), ts, int(data["step"])) for k, v in data.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
+    ms = [Metric(k, v, ts, int(data["step"])) for k, v in nums.items()]
     try: c.log_batch(run_id, metrics=ms)
     except Exception as e: self.log.warning("job %s: MLflow could not log step %s: %s", job_id, data["step"], e)
 
