@@ -469,7 +469,7 @@ def _bridge(history:list, callbacks:list[Callable]|None, stop_event:threading.Ev
     "A `TrainerCallback` that forwards logs to `history` and plain callables, honours `stop_event`, and keeps `progress_path` current (at most once a second)."
     from transformers import TrainerCallback
     class Bridge(TrainerCallback):
-        stopped, written, status = False, 0.0, {}
+        def __init__(self): self.stopped, self.written, self.status = False, 0.0, {}
         def _progress(self, state, force=False, **kw):
             self.status.update(kw)
             if progress_path is None or not state.is_world_process_zero or (not force and time.time() - self.written < 1.0): return

@@ -574,7 +574,6 @@ def _track_start(self:Jobs, plan:TrainPlan):
                                     tags=[*w.get("tags", []), "finetune-nb", f"finetune-nb/{job_id}"], config=job_params(plan))
             if self.executor.kind == "local":   # the trainer logs into this run; a Ray run's trainers live elsewhere: `_track_metrics` logs theirs
                 plan.training_config.report_to = [*resolve_report_to(plan.training_config.report_to), "wandb"]
-            else: t["wandb_from_events"] = True
             self.event(job_id, f"Weights & Biases run {w.get('name') or job_id} in project {w['project']}", data={"integration": "wandb"})
         except Exception as e:
             self.event(job_id, f"Weights & Biases integration skipped: {type(e).__name__}: {hide_paths(str(e))[:300]}", level="warn")
@@ -602,7 +601,7 @@ def _track_metrics(self:Jobs, job_id:str, data:dict):
     t = self._tracked.get(job_id, {})
     if data.get("step") is None: return
     nums = {k: float(v) for k, v in data.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
-    if t.get("wandb_from_events"):
+    if "wandb" in t and self.executor.kind != "local":   # (a local job's trainer logs into the run itself)
         try: t["wandb"].log(nums, step=int(data["step"]))
         except Exception as e: self.log.warning("job %s: wandb could not log step %s: %s", job_id, data["step"], e)
     if t.get("mlflow") is None: return
